@@ -1,0 +1,66 @@
+"""The model bundle: a directory with `model.onnx` and `card.json` (the contract every shell serves).
+
+`model.onnx` takes `waveform` float32 [batch, samples] at `card.sample_rate` and returns `scores`
+[batch, classes] (probabilities), `embedding` [batch, dim] and `logmel` [batch, mels, frames] (the model's own
+features, for display). The front-end lives inside the graph, so training and serving cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from earshot.errors import ModelError
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+REQUIRED = ("name", "labels", "sample_rate", "window_seconds", "multi_label")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    card: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / CARD_FILE).is_file() and (p / MODEL_FILE).is_file()
+
+
+def read_bundle(path: str | os.PathLike) -> Bundle:
+    """Open a bundle directory and check its card; raises ModelError naming what is wrong."""
+    p = Path(path)
+    if not is_bundle(p):
+        raise ModelError(f"not a model bundle (needs {MODEL_FILE} and {CARD_FILE})", source=str(p), reason="not_bundle")
+    try:
+        card = json.loads((p / CARD_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"unreadable {CARD_FILE}: {e}", source=str(p), reason="bad_card") from e
+    missing = [k for k in REQUIRED if k not in card]
+    if missing:
+        raise ModelError(f"{CARD_FILE} lacks {', '.join(missing)}", source=str(p), reason="bad_card")
+    card.setdefault("label_ids", [None] * len(card["labels"]))
+    card.setdefault("thresholds", None)
+    return Bundle(p, card)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON via a temp file and rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,308 @@
+"""`Classifier`: a bundle on onnxruntime — clip prediction, sliding-window timelines with events, embeddings.
+
+This is the only place where audio meets the model; every shell (CLI, server, watcher, batch, stream) calls it.
+It never imports torch.
+
+Length policy (measured in docs/models.md): a clip up to 1.5 windows long is scored in one pass, as the
+model was trained; a clip shorter than `min_seconds` (card, default 1 s) is followed by silence up to that
+length (on 209 spoken digits, "Speech" ranks first for 94 % padded, 75 % as-is, 74 % tiled); longer audio
+is cut into windows of `window_seconds` with 50 % overlap, aggregated by max (multi-label: "present
+somewhere") or mean (single-label).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnxruntime as ort
+
+from earshot import audio
+from earshot.bundle import Bundle, read_bundle
+from earshot.errors import AudioError
+from earshot.prediction import Event, Prediction, Segment
+
+Source = str | os.PathLike | bytes | BinaryIO
+
+DEFAULT_THRESHOLD_MULTI = 0.3
+DEFAULT_THRESHOLD_SINGLE = 0.5
+
+
+def source_title(source: Source) -> str:
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    return getattr(source, "name", None) or "<bytes>"
+
+
+class Classifier:
+    """Runs a model bundle. Thread-safe: one onnxruntime session serves concurrent calls."""
+
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, batch_size: int = 16) -> None:
+        self.bundle = bundle
+        card = bundle.card
+        self.card: dict[str, Any] = card
+        self.name: str = card["name"]
+        self.labels: list[str] = list(card["labels"])
+        self.label_ids: list[str | None] = list(card.get("label_ids") or [None] * len(self.labels))
+        self.sample_rate: int = int(card["sample_rate"])
+        self.window_seconds: float = float(card["window_seconds"])
+        self.min_seconds: float = float(card.get("min_seconds", 1.0))
+        self.multi_label: bool = bool(card["multi_label"])
+        self.batch_size = batch_size
+        thresholds = card.get("thresholds")
+        default = DEFAULT_THRESHOLD_MULTI if self.multi_label else DEFAULT_THRESHOLD_SINGLE
+        self.thresholds = np.asarray(thresholds if thresholds else [default] * len(self.labels), dtype=np.float32)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def load(cls, model: str | os.PathLike = "mn04-as", **options: Any) -> Classifier:
+        from earshot.models import resolve
+
+        return cls(read_bundle(resolve(model)), **options)
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.name!r}, {len(self.labels)} labels, {self.sample_rate} Hz)"
+
+    # ----------------------------------------------------------------------------------------- model calls
+    def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
+        """Raw model outputs for a batch of equal-length waveforms [batch, samples] at the model rate."""
+        return self.session.run(list(outputs), {"waveform": np.ascontiguousarray(waveforms, dtype=np.float32)})
+
+    def _fit(self, y: np.ndarray) -> np.ndarray:
+        """Pad clips shorter than min_seconds with trailing silence up to that length."""
+        need = int(round(self.min_seconds * self.sample_rate))
+        return y if len(y) >= need else np.pad(y, (0, need - len(y)))
+
+    def _windows(self, y: np.ndarray, window: float, hop: float) -> tuple[np.ndarray, np.ndarray]:
+        """Start offsets (samples) and the stacked windows of y; the last window ends at the end of y."""
+        w, h = int(round(window * self.sample_rate)), max(1, int(round(hop * self.sample_rate)))
+        if len(y) <= w:
+            return np.zeros(1, dtype=np.int64), self._fit(y)[None]
+        starts = np.arange(0, len(y) - w + 1, h)
+        if starts[-1] + w < len(y):
+            starts = np.append(starts, len(y) - w)
+        return starts, np.stack([y[s : s + w] for s in starts])
+
+    def _batched(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
+        parts = [self.run(frames[i : i + self.batch_size], outputs) for i in range(0, len(frames), self.batch_size)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
+
+    def clip_scores(self, y: np.ndarray) -> np.ndarray:
+        """Scores [classes] for one decoded clip, following the length policy."""
+        if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
+            return self.run(self._fit(y)[None])[0][0]
+        _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
+        scores = self._batched(frames)[0]
+        return scores.max(axis=0) if self.multi_label else scores.mean(axis=0)
+
+    # ----------------------------------------------------------------------------------------- public API
+    def decode(self, source: Source, title: str | None = None) -> np.ndarray:
+        return audio.decode(source, self.sample_rate, name=title)
+
+    def predict(
+        self,
+        source: Source,
+        *,
+        top_k: int = 5,
+        timeline: bool = False,
+        window: float | None = None,
+        hop: float | None = None,
+        threshold: float | None = None,
+        title: str | None = None,
+    ) -> Prediction:
+        """Top labels for one input (raises AudioError on bad input). With `timeline`, adds segments and events."""
+        title = title or source_title(source)
+        if timeline:
+            return self.timeline(source, window=window or 1.0, hop=hop, threshold=threshold, top_k=top_k, title=title)
+        y = self.decode(source, title)
+        return self._prediction(title, self.clip_scores(y), len(y) / self.sample_rate, top_k, threshold)
+
+    def predict_many(
+        self,
+        sources: Iterable[Source],
+        *,
+        top_k: int = 5,
+        timeline: bool = False,
+        window: float | None = None,
+        hop: float | None = None,
+        threshold: float | None = None,
+        workers: int | None = None,
+    ) -> Iterator[Prediction]:
+        """Predictions in input order; a bad input yields its failure object instead of raising.
+
+        Decoding runs ahead on a thread pool; clips of equal length are batched into one model call.
+        """
+        if timeline:
+            for s in sources:
+                yield self._safe(s, lambda s=s: self.predict(s, top_k=top_k, timeline=True, window=window, hop=hop,
+                                                            threshold=threshold))
+            return
+        workers = workers or min(4, os.cpu_count() or 1)
+        pending: deque[tuple[str, Future]] = deque()
+        it = iter(sources)
+        with ThreadPoolExecutor(workers) as pool:
+
+            def fill() -> None:
+                while len(pending) < 2 * self.batch_size:
+                    try:
+                        s = next(it)
+                    except StopIteration:
+                        return
+                    t = source_title(s)
+                    pending.append((t, pool.submit(self.decode, s, t)))
+
+            fill()
+            while pending:
+                group: list[tuple[str, np.ndarray]] = []
+                failed: Prediction | None = None
+                while pending and len(group) < self.batch_size:
+                    title, fut = pending[0]
+                    try:
+                        y = fut.result()
+                    except Exception as e:  # noqa: BLE001 - every input ends with a result or an error record
+                        if group:
+                            break
+                        pending.popleft()
+                        failed = Prediction.failure(title, e, self.name)
+                        break
+                    if group and (len(y) != len(group[0][1]) or len(y) > self.window_seconds * self.sample_rate):
+                        break
+                    pending.popleft()
+                    group.append((title, y))
+                    if len(y) > self.window_seconds * self.sample_rate:
+                        break
+                    fill()
+                fill()
+                if failed is not None:
+                    yield failed
+                    continue
+                yield from self._predict_group(group, top_k, threshold)
+
+    def _predict_group(self, group: list[tuple[str, np.ndarray]], top_k: int, threshold: float | None):
+        try:
+            if len(group) == 1:
+                scores = [self.clip_scores(group[0][1])]
+            else:
+                scores = list(self.run(np.stack([self._fit(y) for _, y in group]))[0])
+        except Exception as e:  # noqa: BLE001
+            return [Prediction.failure(t, e, self.name) for t, _ in group]
+        return [self._prediction(t, s, len(y) / self.sample_rate, top_k, threshold) for (t, y), s in zip(group, scores)]
+
+    def _safe(self, source: Source, fn) -> Prediction:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001
+            return Prediction.failure(source_title(source), e, self.name)
+
+    def timeline(
+        self,
+        source: Source,
+        *,
+        window: float = 1.0,
+        hop: float | None = None,
+        threshold: float | None = None,
+        top_k: int = 3,
+        min_duration: float = 0.0,
+        title: str | None = None,
+    ) -> Prediction:
+        """Sliding-window analysis streamed block by block: per-window top labels, merged events, clip labels."""
+        title = title or source_title(source)
+        hop = hop or window / 2
+        if window <= 0 or hop <= 0:
+            raise ValueError("window and hop must be positive")
+        sr = self.sample_rate
+        w, h = int(round(window * sr)), max(1, int(round(hop * sr)))
+        starts: list[int] = []
+        rows: list[np.ndarray] = []
+        carry = np.zeros(0, dtype=np.float32)
+        offset = 0  # sample index of carry[0]
+        total = 0
+        for block in audio.blocks(source, sr, block_seconds=max(30.0, 4 * window), name=title):
+            total += len(block)
+            carry = np.concatenate([carry, block]) if len(carry) else block
+            n = 0 if len(carry) < w else 1 + (len(carry) - w) // h
+            if n:
+                frames = np.stack([carry[i * h : i * h + w] for i in range(n)])
+                rows.append(self._batched(frames)[0])
+                starts.extend(offset + i * h for i in range(n))
+                carry, offset = carry[n * h :], offset + n * h
+        if total == 0:
+            raise AudioError("no samples after decoding", source=title, reason="no_samples")
+        if not starts or starts[-1] + w < total:  # tail (or whole clip) shorter than a window
+            tail = carry if not starts else carry[-w:] if len(carry) >= w else carry
+            start = total - len(tail)
+            rows.append(self.run(self._fit(tail)[None])[0])
+            starts.append(start)
+        scores = np.concatenate(rows)
+        begin = np.asarray(starts, dtype=np.float64) / sr
+        end = np.minimum(begin + window, total / sr)
+        clip = scores.max(axis=0) if self.multi_label else scores.mean(axis=0)
+        pred = self._prediction(title, clip, total / sr, top_k, threshold)
+        pred.segments = []
+        for b, e, s in zip(begin, end, scores):
+            idx = np.argsort(-s)[:top_k]
+            pred.segments.append(Segment(round(float(b), 3), round(float(e), 3), [self.labels[i] for i in idx],
+                                         [round(float(s[i]), 4) for i in idx]))
+        pred.events = self._events(scores, begin, end, threshold, min_duration)
+        return pred
+
+    def _events(self, scores, begin, end, threshold: float | None, min_duration: float) -> list[Event]:
+        """Per-label events: start when a window crosses the threshold, continue while above half of it."""
+        on = np.full(scores.shape[1], threshold, dtype=np.float32) if threshold is not None else self.thresholds
+        if not self.multi_label:  # one label per window: the winner, if confident
+            winner = scores.argmax(axis=1)
+            mask = np.zeros_like(scores, dtype=bool)
+            mask[np.arange(len(scores)), winner] = True
+            scores = np.where(mask, scores, 0.0)
+        off = on * 0.5
+        events: list[Event] = []
+        for j in np.nonzero((scores >= on).any(axis=0))[0]:
+            s, active, first, peak = scores[:, j], False, 0, 0.0
+            for i in range(len(s) + 1):
+                v = s[i] if i < len(s) else -1.0
+                if not active and v >= on[j]:
+                    active, first, peak = True, i, v
+                elif active and v >= off[j]:
+                    peak = max(peak, v)
+                elif active:
+                    active = False
+                    if end[i - 1] - begin[first] >= min_duration:
+                        events.append(Event(self.labels[j], self.label_ids[j], round(float(begin[first]), 3),
+                                            round(float(end[i - 1]), 3), round(float(peak), 4)))
+        return sorted(events, key=lambda e: (e.start, -e.score))
+
+    def embed(self, source: Source, title: str | None = None) -> np.ndarray:
+        """The clip embedding (mean over windows for audio longer than 1.5 windows)."""
+        y = self.decode(source, title or source_title(source))
+        if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
+            return self.run(self._fit(y)[None], ("embedding",))[0][0]
+        _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
+        return self._batched(frames, ("embedding",))[0].mean(axis=0)
+
+    def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
+        """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""
+        y = self.decode(source, title or source_title(source))[: int(max_seconds * self.sample_rate)]
+        return self.run(self._fit(y)[None], ("logmel",))[0][0]
+
+    def _prediction(self, title: str, scores: np.ndarray, duration: float, top_k: int, threshold: float | None):
+        idx = np.argsort(-scores)[: max(0, top_k)]
+        if threshold is not None:
+            idx = idx[scores[idx] >= threshold]
+        return Prediction(
+            title=title,
+            labels=[self.labels[i] for i in idx],
+            probabilities=[round(float(scores[i]), 4) for i in idx],
+            labels_info=[self.label_ids[i] for i in idx],
+            model=self.name,
+            duration=round(duration, 3),
+        )
+
+

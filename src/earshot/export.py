@@ -1,0 +1,88 @@
+"""Torch module → ONNX bundle (training/export side; needs the `train` extra)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from earshot import __version__
+from earshot.bundle import CARD_FILE, MODEL_FILE, write_json_atomic
+
+OUTPUTS = ["scores", "embedding", "logmel"]
+
+
+def export_bundle(
+    model: torch.nn.Module, out: str | Path, card: dict[str, Any], *, check_seconds=(1.0, 3.7), tol: float = 1e-4
+) -> Path:
+    """Export `model` (waveform → scores, embedding, logmel) with `card` as a bundle directory at `out`.
+
+    The graph has dynamic batch and sample axes. It is checked against torch on inputs of several lengths
+    (max abs score difference ≤ `tol`) before the bundle replaces anything at `out`.
+    """
+    out = Path(out)
+    sr = int(card["sample_rate"])
+    model = model.eval()
+    card = {"earshot_version": __version__, **card}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        example = torch.randn(2, int(sr * 2.0)) * 0.1
+        batch, samples = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("samples", min=sr // 10)
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp / MODEL_FILE),
+                input_names=["waveform"],
+                output_names=OUTPUTS,
+                dynamic_shapes=({0: batch, 1: samples},),
+                dynamo=True,
+                opset_version=18,
+                external_data=False,
+            )
+        card["onnx_check"] = check_onnx(model, tmp / MODEL_FILE, sr, check_seconds, tol)
+        write_json_atomic(tmp / CARD_FILE, card)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def check_onnx(model: torch.nn.Module, path: Path, sr: int, seconds, tol: float) -> dict[str, float]:
+    """Max abs difference of scores between torch and onnxruntime on random signals of several lengths."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for s in seconds:
+        x = torch.randn(2, int(sr * s), generator=gen) * 0.1
+        with torch.no_grad():
+            ref = model(x)[0].numpy()
+        got = sess.run(["scores"], {"waveform": x.numpy()})[0]
+        worst = max(worst, float(np.abs(ref - got).max()))
+    if worst > tol:
+        raise RuntimeError(f"ONNX export disagrees with torch: max score difference {worst:.2e} > {tol:.0e}")
+    return {"max_abs_score_diff": worst, "lengths_s": list(seconds)}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress on stdout; keep stdout clean for JSON output."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        import logging
+
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        yield

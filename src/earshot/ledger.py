@@ -1,0 +1,475 @@
+"""Durable work ledger for watch/batch: one row per (source, sink, key), claimed under a lease.
+
+States: pending -> leased -> done | failed; a failed attempt goes back to pending with an exponential
+`not_before` until `max_attempts`. A lease that runs out (its worker crashed) makes the item claimable again;
+a changed object (new version) is pending again. SQLite (WAL) is the default and what is tested; a PostgreSQL
+URL works when `psycopg` is installed. Every state change is a single transaction, so a crash at any point
+leaves the ledger consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from earshot.errors import StorageError
+
+STATES = ("pending", "leased", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    source_url   TEXT NOT NULL,
+    sink_url     TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    next_version TEXT,
+    size         INTEGER,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'leased', 'done', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    lease_owner  TEXT,
+    lease_until  DOUBLE PRECISION,
+    not_before   DOUBLE PRECISION NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    last_reason  TEXT,
+    result       TEXT,
+    created_at   DOUBLE PRECISION NOT NULL,
+    updated_at   DOUBLE PRECISION NOT NULL,
+    finished_at  DOUBLE PRECISION,
+    PRIMARY KEY (source_url, sink_url, key)
+);
+CREATE INDEX IF NOT EXISTS items_claim ON items (source_url, sink_url, state, not_before);
+"""
+
+_COLS = (
+    "source_url, sink_url, key, version, size, state, attempts, lease_owner, lease_until, not_before, "
+    "last_error, last_reason, created_at, updated_at, finished_at"
+)
+
+
+def default_owner() -> str:
+    """`host:pid:thread` — identifies a worker; the pid lets a restart on the same host reclaim at once."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def backoff_delay(attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff with jitter: base * 2**(attempts-1), +-25%, at most `cap` seconds."""
+    d = min(cap, base * (2 ** max(0, attempts - 1)))
+    return d * random.uniform(0.75, 1.25)
+
+
+@dataclass
+class Item:
+    """A claimed (or inspected) ledger row."""
+
+    source_url: str
+    sink_url: str
+    key: str
+    version: str
+    size: int | None
+    state: str
+    attempts: int
+    lease_owner: str | None
+    lease_until: float | None
+    not_before: float
+    last_error: str | None
+    last_reason: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+class Ledger(ABC):
+    """Pluggable ledger interface (SQLite and PostgreSQL implement it)."""
+
+    @abstractmethod
+    def sync(self, source: str, sink: str, objects: Iterable[tuple[str, str, int | None]]) -> int:
+        """Record (key, version, size) objects: new or changed ones become pending. Returns how many."""
+
+    @abstractmethod
+    def claim(self, source: str, sink: str, owner: str, lease: float) -> Item | None:
+        """Atomically lease the next due item (pending, or leased with an expired lease); attempts += 1."""
+
+    @abstractmethod
+    def renew(self, item: Item, owner: str, lease: float) -> bool:
+        """Extend a held lease; False when it was lost."""
+
+    @abstractmethod
+    def finish(self, item: Item, owner: str, state: str, *, error: str | None = None,
+               reason: str | None = None, result: str | None = None) -> bool:
+        """Mark a held item done or failed (final). A changed object goes back to pending instead."""
+
+    @abstractmethod
+    def retry(self, item: Item, owner: str, delay: float, *, error: str, reason: str,
+              count: bool = True) -> bool:
+        """Give a held item back as pending after `delay` s; `count=False` refunds the attempt."""
+
+    @abstractmethod
+    def release_dead(self, source: str, sink: str, alive) -> int:
+        """Make leases of dead local workers (`alive(pid)` false, same host) claimable now."""
+
+    @abstractmethod
+    def items(self, source: str | None = None, sink: str | None = None, state: str | None = None) -> list[Item]:
+        ...
+
+    @abstractmethod
+    def results(self, source: str, sink: str) -> list[tuple[str, str | None]]:
+        """(key, stored result JSON) of finished items, by key (for single-file outputs)."""
+
+    @abstractmethod
+    def unfinished(self, source: str, sink: str) -> int:
+        """Items still pending or leased."""
+
+    @abstractmethod
+    def status(self, source: str | None = None, sink: str | None = None) -> dict:
+        ...
+
+    def close(self) -> None:  # pragma: no cover - trivial
+        pass
+
+
+class SQLiteLedger(Ledger):
+    """SQLite in WAL mode; one connection per thread; claims under BEGIN IMMEDIATE (the database write lock)."""
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0):
+        self.path = str(Path(path).expanduser())
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=True)
+            c.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = c
+        return c
+
+    def _tx(self):
+        ledger = self
+
+        class _Tx:
+            def __enter__(self):
+                self.c = ledger._conn()
+                for i in range(50):
+                    try:
+                        self.c.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError as e:
+                        if "locked" not in str(e) and "busy" not in str(e) or i == 49:
+                            raise StorageError(str(e), source=ledger.path, reason="ledger_busy") from e
+                        time.sleep(0.05 * (i + 1))
+                return self.c
+
+            def __exit__(self, et, ev, tb):
+                if et is None:
+                    self.c.execute("COMMIT")
+                else:
+                    self.c.execute("ROLLBACK")
+                return False
+
+        return _Tx()
+
+    # -- writes
+
+    def sync(self, source, sink, objects):
+        now = time.time()
+        n = 0
+        rows = list(objects)
+        if not rows:
+            return 0
+        with self._tx() as c:
+            for key, version, size in rows:
+                cur = c.execute(
+                    "SELECT version, next_version, state, lease_until FROM items "
+                    "WHERE source_url=? AND sink_url=? AND key=?",
+                    (source, sink, key),
+                ).fetchone()
+                if cur is None:
+                    c.execute(
+                        "INSERT INTO items (source_url, sink_url, key, version, size, state, created_at, updated_at)"
+                        " VALUES (?,?,?,?,?,'pending',?,?)",
+                        (source, sink, key, version, size, now, now),
+                    )
+                    n += 1
+                    continue
+                old, nxt, state, until = cur
+                if version in (old, nxt):
+                    continue
+                if state == "leased" and (until or 0) >= now:
+                    # A worker holds the old version: it goes pending again with this one when that finishes.
+                    c.execute(
+                        "UPDATE items SET next_version=?, size=?, updated_at=? "
+                        "WHERE source_url=? AND sink_url=? AND key=?",
+                        (version, size, now, source, sink, key),
+                    )
+                else:
+                    c.execute(
+                        "UPDATE items SET version=?, next_version=NULL, size=?, state='pending', attempts=0, "
+                        "lease_owner=NULL, lease_until=NULL, not_before=0, last_error=NULL, last_reason=NULL, "
+                        "finished_at=NULL, updated_at=? WHERE source_url=? AND sink_url=? AND key=?",
+                        (version, size, now, source, sink, key),
+                    )
+                n += 1
+        return n
+
+    def claim(self, source, sink, owner, lease):
+        now = time.time()
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT key FROM items WHERE source_url=? AND sink_url=? AND "
+                "((state='pending' AND not_before<=?) OR (state='leased' AND lease_until<?)) "
+                "ORDER BY not_before, created_at, key LIMIT 1",
+                (source, sink, now, now),
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE items SET state='leased', attempts=attempts+1, lease_owner=?, lease_until=?, "
+                "version=COALESCE(next_version, version), next_version=NULL, updated_at=? "
+                "WHERE source_url=? AND sink_url=? AND key=?",
+                (owner, now + lease, now, source, sink, row[0]),
+            )
+            r = c.execute(
+                f"SELECT {_COLS} FROM items WHERE source_url=? AND sink_url=? AND key=?", (source, sink, row[0])
+            ).fetchone()
+        return Item(*r)
+
+    def renew(self, item, owner, lease):
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE items SET lease_until=? WHERE source_url=? AND sink_url=? AND key=? "
+                "AND state='leased' AND lease_owner=?",
+                (time.time() + lease, item.source_url, item.sink_url, item.key, owner),
+            )
+            return cur.rowcount == 1
+
+    def finish(self, item, owner, state, *, error=None, reason=None, result=None):
+        if state not in ("done", "failed"):
+            raise ValueError(state)
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE items SET "
+                "state=CASE WHEN next_version IS NULL THEN ? ELSE 'pending' END, "
+                "attempts=CASE WHEN next_version IS NULL THEN attempts ELSE 0 END, "
+                "version=COALESCE(next_version, version), next_version=NULL, "
+                "lease_owner=NULL, lease_until=NULL, not_before=0, last_error=?, last_reason=?, result=?, "
+                "finished_at=?, updated_at=? "
+                "WHERE source_url=? AND sink_url=? AND key=? AND state='leased' AND lease_owner=?",
+                (state, error, reason, result, now, now, item.source_url, item.sink_url, item.key, owner),
+            )
+            return cur.rowcount == 1
+
+    def retry(self, item, owner, delay, *, error, reason, count=True):
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE items SET state='pending', lease_owner=NULL, lease_until=NULL, not_before=?, "
+                "attempts=attempts-?, last_error=?, last_reason=?, updated_at=? "
+                "WHERE source_url=? AND sink_url=? AND key=? AND state='leased' AND lease_owner=?",
+                (now + delay, 0 if count else 1, error, reason, now, item.source_url, item.sink_url, item.key,
+                 owner),
+            )
+            return cur.rowcount == 1
+
+    def release_dead(self, source, sink, alive):
+        host = socket.gethostname()
+        n = 0
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT key, lease_owner FROM items WHERE source_url=? AND sink_url=? AND state='leased'",
+                (source, sink),
+            ).fetchall()
+            for key, owner in rows:
+                try:
+                    h, pid, _ = (owner or "").split(":")
+                    pid = int(pid)
+                except ValueError:
+                    continue
+                if h == host and not alive(pid):
+                    c.execute(
+                        "UPDATE items SET lease_until=0 WHERE source_url=? AND sink_url=? AND key=? "
+                        "AND state='leased' AND lease_owner=?",
+                        (source, sink, key, owner),
+                    )
+                    n += 1
+        return n
+
+    # -- reads
+
+    def items(self, source=None, sink=None, state=None):
+        q, args = self._where(source, sink)
+        if state:
+            q += " AND state=?"
+            args.append(state)
+        rows = self._conn().execute(f"SELECT {_COLS} FROM items WHERE {q} ORDER BY key", args).fetchall()
+        return [Item(*r) for r in rows]
+
+    def results(self, source, sink):
+        return self._conn().execute(
+            "SELECT key, result FROM items WHERE source_url=? AND sink_url=? AND state IN ('done','failed') "
+            "ORDER BY key",
+            (source, sink),
+        ).fetchall()
+
+    def unfinished(self, source, sink):
+        return self._conn().execute(
+            "SELECT COUNT(*) FROM items WHERE source_url=? AND sink_url=? AND state IN ('pending','leased')",
+            (source, sink),
+        ).fetchone()[0]
+
+    @staticmethod
+    def _where(source, sink):
+        q, args = "1=1", []
+        if source:
+            q += " AND source_url=?"
+            args.append(source)
+        if sink:
+            q += " AND sink_url=?"
+            args.append(sink)
+        return q, args
+
+    def status(self, source=None, sink=None):
+        q, args = self._where(source, sink)
+        c = self._conn()
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in c.execute(f"SELECT state, COUNT(*) FROM items WHERE {q} GROUP BY state", args):
+            counts[state] = n
+        now = time.time()
+        oldest = c.execute(
+            f"SELECT key, created_at FROM items WHERE {q} AND state='pending' ORDER BY created_at LIMIT 1", args
+        ).fetchone()
+        reasons = c.execute(
+            f"SELECT last_reason, COUNT(*) AS n FROM items WHERE {q} AND state='failed' "
+            "GROUP BY last_reason ORDER BY n DESC LIMIT 5",
+            args,
+        ).fetchall()
+        retrying = c.execute(
+            f"SELECT COUNT(*) FROM items WHERE {q} AND state='pending' AND attempts>0", args
+        ).fetchone()[0]
+        return {
+            "ledger": self.path,
+            "counts": counts,
+            "total": sum(counts.values()),
+            "retrying": retrying,
+            "oldest_pending": {"key": oldest[0], "age_s": round(now - oldest[1], 3)} if oldest else None,
+            "top_errors": [{"reason": r or "unknown", "count": n} for r, n in reasons],
+        }
+
+    def close(self):
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+
+class PostgresLedger(SQLiteLedger):
+    """PostgreSQL via psycopg (3): same schema and queries; claims use SELECT ... FOR UPDATE SKIP LOCKED."""
+
+    def __init__(self, url: str):  # pragma: no cover - not exercised in the test suite
+        try:
+            import psycopg
+        except ImportError as e:
+            raise StorageError("a PostgreSQL ledger needs psycopg: pip install 'psycopg[binary]'",
+                               source=url, reason="needs_psycopg") from e
+        self._psycopg = psycopg
+        self.path = url
+        self.timeout = 60.0
+        self._local = threading.local()
+        with self._tx() as c:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+
+    def _conn(self):  # pragma: no cover
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = _PgAdapter(self._psycopg.connect(self.path, autocommit=True))
+            self._local.conn = c
+        return c
+
+    def _tx(self):  # pragma: no cover
+        ledger = self
+
+        class _Tx:
+            def __enter__(self):
+                self.c = ledger._conn()
+                self.c.execute("BEGIN")
+                return self.c
+
+            def __exit__(self, et, ev, tb):
+                self.c.execute("COMMIT" if et is None else "ROLLBACK")
+                return False
+
+        return _Tx()
+
+    def claim(self, source, sink, owner, lease):  # pragma: no cover
+        now = time.time()
+        with self._tx() as c:
+            r = c.execute(
+                f"UPDATE items SET state='leased', attempts=attempts+1, lease_owner=?, lease_until=?, "
+                "version=COALESCE(next_version, version), next_version=NULL, updated_at=? "
+                "WHERE (source_url, sink_url, key) = (SELECT source_url, sink_url, key FROM items "
+                "WHERE source_url=? AND sink_url=? AND ((state='pending' AND not_before<=?) OR "
+                "(state='leased' AND lease_until<?)) ORDER BY not_before, created_at, key LIMIT 1 "
+                f"FOR UPDATE SKIP LOCKED) RETURNING {_COLS}",
+                (owner, now + lease, now, source, sink, now, now),
+            ).fetchone()
+        return Item(*r) if r else None
+
+
+class _PgAdapter:  # pragma: no cover
+    """Lets the SQLite queries (qmark style) run on a psycopg connection."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql, args=()):
+        return self.conn.execute(sql.replace("?", "%s"), tuple(args))
+
+    def executescript(self, script):
+        for stmt in script.split(";"):
+            if stmt.strip():
+                self.conn.execute(stmt)
+
+    def close(self):
+        self.conn.close()
+
+
+def default_ledger_path(source: str, sink: str) -> Path:
+    """`$EARSHOT_HOME/ledgers/<hash of source+sink>.sqlite` (EARSHOT_HOME defaults to ~/.cache/earshot)."""
+    import hashlib
+
+    home = Path(os.environ.get("EARSHOT_HOME", Path.home() / ".cache" / "earshot")).expanduser()
+    h = hashlib.sha256(f"{source}\n{sink}".encode()).hexdigest()[:16]
+    return home / "ledgers" / f"{h}.sqlite"
+
+
+def open_ledger(spec: str | os.PathLike | Ledger | None, source: str = "", sink: str = "") -> Ledger:
+    """A Ledger from an instance, a `postgresql://` URL, a SQLite path, or None (the default path)."""
+    if isinstance(spec, Ledger):
+        return spec
+    if spec is None:
+        return SQLiteLedger(default_ledger_path(source, sink))
+    s = os.fspath(spec)
+    if s.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(s)
+    if s.startswith("sqlite:///"):
+        s = s[len("sqlite:///") :]
+    return SQLiteLedger(s)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

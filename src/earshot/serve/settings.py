@@ -1,0 +1,80 @@
+"""Server settings: one dataclass, filled from `EARSHOT_*` environment variables and/or keyword overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def earshot_home() -> Path:
+    """`$EARSHOT_HOME`, else `~/.cache/earshot`."""
+    return Path(os.environ.get("EARSHOT_HOME") or Path.home() / ".cache" / "earshot").expanduser()
+
+
+def _split(value: str | None, sep: str = ",") -> list[str]:
+    return [v.strip() for v in (value or "").split(sep) if v.strip()]
+
+
+@dataclass
+class Settings:
+    """Everything the HTTP server can be told. `None` paths get defaults under `$EARSHOT_HOME`."""
+
+    model: str = "mn04-as"  # default model for requests that name none
+    models_dir: Path | None = None  # bundles listed and trained here ($EARSHOT_HOME/models)
+    state_dir: Path | None = None  # job database and uploaded data sets ($EARSHOT_HOME/serve)
+    samples_dir: Path | None = None  # gallery of example clips for the web page (EARSHOT_SAMPLES)
+    api_keys: list[str] = field(default_factory=list)  # empty: no authentication
+    cors_origins: list[str] = field(default_factory=list)
+    max_upload_mb: float = 50.0  # /v1/predict and /v1/spectrogram bodies
+    max_train_upload_mb: float = 500.0  # /v1/train bodies
+    max_extract_mb: float = 2000.0  # uncompressed size of a training archive
+    max_extract_files: int = 50_000
+    workers: int = 0  # inference threads; 0 = number of cores
+    max_inflight: int = 0  # requests running inference at once; 0 = workers
+    max_queue: int = -1  # admitted requests waiting for a worker; -1 = 2 x max_inflight
+    ort_threads: int = 0  # onnxruntime intra-op threads per model; 0 = cores // max_inflight (at least 1)
+    request_timeout_s: float = 30.0  # 504 past this (queue wait + decode + inference)
+    retry_after_s: int = 1
+    train_roots: list[Path] = field(default_factory=list)  # server-side folders /v1/train may read
+    train_workers: int = 1
+    train_timeout_s: float = 3600.0
+    max_top_k: int = 100
+
+    def __post_init__(self) -> None:
+        home = earshot_home()
+        self.models_dir = Path(self.models_dir or home / "models").expanduser()
+        self.state_dir = Path(self.state_dir or home / "serve").expanduser()
+        self.samples_dir = Path(self.samples_dir).expanduser() if self.samples_dir else None
+        self.train_roots = [Path(p).expanduser().resolve() for p in self.train_roots]
+        cores = os.cpu_count() or 1
+        self.workers = self.workers if self.workers > 0 else cores
+        self.max_inflight = self.max_inflight if self.max_inflight > 0 else self.workers
+        self.max_queue = self.max_queue if self.max_queue >= 0 else 2 * self.max_inflight
+        self.ort_threads = self.ort_threads if self.ort_threads > 0 else max(1, cores // self.max_inflight)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
+        """Settings from `EARSHOT_*` variables (EARSHOT_API_KEYS, ...), then `overrides`."""
+        env = os.environ if env is None else env
+        kw: dict = {}
+        names = {f.name: f for f in fields(cls)}
+        aliases = {"samples_dir": "EARSHOT_SAMPLES", "model": "EARSHOT_MODEL"}
+        for name in names:
+            raw = env.get(aliases.get(name, "EARSHOT_" + name.upper()))
+            if raw is None or raw == "":
+                continue
+            default = names[name].default
+            if name in ("api_keys", "cors_origins"):
+                kw[name] = _split(raw)
+            elif name == "train_roots":
+                kw[name] = _split(raw, os.pathsep)
+            elif isinstance(default, int | float) and not isinstance(default, bool):
+                kw[name] = type(default)(raw)
+            else:
+                kw[name] = raw
+        unknown = set(overrides) - set(names)
+        if unknown:
+            raise TypeError(f"unknown server settings: {', '.join(sorted(unknown))}")
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)

@@ -1,0 +1,157 @@
+"""Model store: registry names plus bundle folders in a models directory, each loaded once and cached."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from earshot.errors import ModelError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# One classifier per (name, bundle version) per process, shared by every app in it.
+_CACHE: dict[tuple[str, str, str], Any] = {}
+_CACHE_LOCK = threading.Lock()
+_LOAD_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+
+
+def valid_name(name: str) -> bool:
+    """A model name safe to use as a folder name (no separators, no leading dot)."""
+    return bool(NAME_RE.match(name)) and ".." not in name
+
+
+def _is_bundle(path: Path) -> bool:
+    return (path / "card.json").is_file() and (path / "model.onnx").is_file()
+
+
+def _read_card(path: Path) -> dict:
+    try:
+        return json.loads((path / "card.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"unreadable card.json: {e}", source=str(path), reason="bad_bundle") from e
+
+
+def _registry() -> list[dict]:
+    try:
+        from earshot.models import list_models
+    except ImportError:  # registry not there: the default tagger is still known by name
+        return [{"name": "mn04-as", "description": "EfficientAT MobileNetV3 0.4, AudioSet 527 classes"}]
+    return [dict(m) for m in list_models()]
+
+
+def _registry_names() -> set[str]:
+    try:
+        from earshot.models import REGISTRY
+    except ImportError:
+        return {m["name"] for m in _registry()}
+    return set(REGISTRY)
+
+
+def _summary(card: dict) -> dict:
+    labels = card.get("labels") or []
+    return {
+        "labels": len(labels),
+        "sample_rate": card.get("sample_rate"),
+        "window_seconds": card.get("window_seconds"),
+        "multi_label": card.get("multi_label"),
+        "metrics": card.get("metrics"),
+    }
+
+
+class ModelStore:
+    """Lists registry models and bundle folders (rescanned on each call, so new bundles show up at once)."""
+
+    def __init__(self, models_dir: Path, default: str = "mn04-as", load_options: dict | None = None) -> None:
+        self.models_dir = Path(models_dir)
+        self.load_options = dict(load_options or {})
+        self._opts_key = json.dumps(self.load_options, sort_keys=True)
+        self.extra: dict[str, Path] = {}  # bundles named on the command line, outside models_dir
+        self.default = default
+        p = Path(default).expanduser()
+        if _is_bundle(p):  # `earshot serve --model ./bundle`
+            name = _read_card(p).get("name") or p.name
+            name = name if valid_name(name) else p.name
+            self.extra[name] = p.resolve()
+            self.default = name
+
+    def bundles(self) -> dict[str, Path]:
+        """Bundle folders by name: those in `models_dir` plus those given explicitly."""
+        found: dict[str, Path] = {}
+        if self.models_dir.is_dir():
+            for child in sorted(self.models_dir.iterdir()):
+                if not child.name.startswith(".") and valid_name(child.name) and _is_bundle(child):
+                    found[child.name] = child
+        found.update(self.extra)
+        return found
+
+    def list(self) -> list[dict]:
+        """One summary dict per model: name, description, source (registry|bundle), card summary."""
+        out: dict[str, dict] = {}
+        for m in _registry():
+            out[m["name"]] = {
+                **m,
+                "source": "registry" if m.get("kind", "pretrained") == "pretrained" else "bundle",
+            }
+        for name, path in self.bundles().items():
+            try:
+                card = _read_card(path)
+            except ModelError:
+                continue
+            entry = out.setdefault(name, {"name": name, "source": "bundle"})
+            entry.setdefault("description", card.get("description") or f"custom classifier ({name})")
+            entry.update({k: v for k, v in _summary(card).items() if v is not None})
+            entry["created"] = card.get("created")
+        for entry in out.values():
+            entry["default"] = entry["name"] == self.default
+            entry["loaded"] = any(k[0] == entry["name"] for k in _CACHE)
+        return list(out.values())
+
+    def names(self) -> set[str]:
+        return {m["name"] for m in _registry()} | set(self.bundles())  # includes bundles the registry sees
+
+    def resolve(self, name: str | None) -> tuple[str, str]:
+        """(name, what earshot.load gets) for a requested name; ModelError(reason=not_found) if unknown."""
+        name = name or self.default
+        bundles = self.bundles()
+        if name in bundles:
+            return name, str(bundles[name])
+        if name in _registry_names() or name in {m["name"] for m in _registry()}:
+            return name, name
+        raise ModelError(f"unknown model {name!r}", source=name, reason="not_found")
+
+    def get(self, name: str | None = None):
+        """The cached Classifier for a model name, loading it on first use (blocking: call off the loop)."""
+        name, target = self.resolve(name)
+        version = ""
+        onnx = Path(target) / "model.onnx"
+        if onnx.is_file():
+            st = onnx.stat()
+            version = f"{st.st_mtime_ns}-{st.st_size}"
+        key = (name, version, self._opts_key)
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                return _CACHE[key]
+            lock = _LOAD_LOCKS.setdefault(key, threading.Lock())
+        with lock:
+            if key not in _CACHE:
+                import earshot
+
+                clf = earshot.load(target, **self.load_options)
+                with _CACHE_LOCK:
+                    for old in [k for k in _CACHE if k[0] == name and k[2] == key[2]]:
+                        del _CACHE[old]
+                    _CACHE[key] = clf
+            return _CACHE[key]
+
+    def card(self, name: str) -> dict:
+        """The model card: read from the bundle folder, or from the loaded classifier for registry names."""
+        name, target = self.resolve(name)
+        if Path(target).is_dir():
+            return _read_card(Path(target))
+        return dict(self.get(name).card)
+
+    def loaded(self) -> list[str]:
+        return sorted({k[0] for k in _CACHE})

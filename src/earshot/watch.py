@@ -1,0 +1,627 @@
+"""`earshot watch`: classify every object that appears under SRC into exactly one result under DST.
+
+Each object `SRC/<key>` yields `DST/<key>.json` (a Prediction) or `DST/<key>.error.json` (the Prediction failure
+object plus `attempts` and `reason`). Work goes through a durable ledger (earshot.ledger) so restarts resume
+and several workers/processes share the load. Per item: claim (lease) -> read -> classify -> delete the other
+result kind -> write ours atomically -> mark done. A crash anywhere before the mark re-runs the item, and the
+rewrite lands on the same key, so there is never a duplicate or a partial result.
+
+Discovery: S3 sources are listed every `poll` seconds (and an optional HTTP endpoint takes S3 event
+notifications); local folders use inotify via `watchdog` when installed (else polling), plus a full scan every
+`scan_interval` seconds as a safety net.
+
+Run as `python -m earshot.watch SRC DST [...]`; logs are JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from earshot.errors import AudioError, StorageError
+from earshot.ledger import Item, Ledger, backoff_delay, default_owner, dumps, open_ledger
+from earshot.prediction import Prediction
+from earshot.storage import LocalStore, S3Store, Store, _pid_alive, nested_prefix, open_store, result_keys, safe_key
+
+log = logging.getLogger("earshot.watch")
+
+# ------------------------------------------------------------------------------------------------ logging
+
+_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg and any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        d: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in vars(record).items():
+            if k not in _STD_ATTRS and not k.startswith("_"):
+                d[k] = v
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str | int = "INFO", stream=None) -> None:
+    """Send earshot logs as JSON lines to `stream` (stderr)."""
+    h = logging.StreamHandler(stream or sys.stderr)
+    h.setFormatter(JsonFormatter())
+    root = logging.getLogger("earshot")
+    root.handlers[:] = [h]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# ------------------------------------------------------------------------------------------------ one item
+
+
+@dataclass
+class Outcome:
+    """What happened to one item: done | failed (final) | retry | unavailable (store down) | vanished."""
+
+    state: str
+    reason: str | None = None
+    error: str | None = None
+    record: dict | None = None
+    output: str | None = None
+
+
+def load_model(model):
+    """A Classifier from a name/path, or `model` itself when it already is one."""
+    if hasattr(model, "predict"):
+        return model
+    import earshot
+
+    return earshot.load(model)
+
+
+def failure_record(key: str, exc: BaseException, model: str | None, attempts: int, reason: str) -> dict:
+    """Prediction failure object + `attempts` and `reason` (the `.error.json` payload)."""
+    d = Prediction.failure(key, exc, model=model).to_dict()
+    d["attempts"] = attempts
+    d["reason"] = reason
+    return d
+
+
+class Processor:
+    """Reads, classifies and writes one object; no ledger logic (shared by watch, batch and the Ray engine)."""
+
+    def __init__(self, src: Store, dst: Store | None, clf, *, top_k: int = 5, max_attempts: int = 3,
+                 predict_kwargs: dict | None = None):
+        self.src, self.dst, self.clf = src, dst, clf
+        self.top_k = top_k
+        self.max_attempts = max_attempts
+        self.predict_kwargs = predict_kwargs or {}
+        self.model_name = getattr(clf, "name", None)
+
+    def _final_failure(self, key, exc, attempts, reason) -> Outcome:
+        rec = failure_record(key, exc, self.model_name, attempts, reason)
+        return Outcome("failed", reason, str(exc), rec)
+
+    def process(self, key: str, attempts: int) -> Outcome:
+        try:
+            safe_key(key)
+            if self.dst is not None:
+                result_keys(key)
+        except StorageError as e:
+            return Outcome("failed", "unsafe_key", str(e))  # no result can be written for it
+        try:
+            data = self.src.get(key)
+        except StorageError as e:
+            if e.reason == "not_found":
+                return Outcome("vanished", "vanished", str(e))
+            if e.reason in ("unreachable", "no_bucket"):
+                return Outcome("unavailable", e.reason, str(e))
+            if attempts >= self.max_attempts:
+                return self._final_failure(key, e, attempts, e.reason)
+            return Outcome("retry", e.reason, str(e))
+        try:
+            pred = self.clf.predict(data, top_k=self.top_k, title=key, **self.predict_kwargs)
+            rec = pred.to_dict() if hasattr(pred, "to_dict") else dict(pred)
+            out = Outcome("done", record=rec)
+        except AudioError as e:
+            out = self._final_failure(key, e, attempts, e.reason)
+        except MemoryError as e:
+            out = self._final_failure(key, e, attempts, "memory") if attempts >= self.max_attempts else Outcome(
+                "retry", "memory", str(e))
+        except Exception as e:  # a bug or a transient fault: retry, then a final error record
+            log.warning("predict raised", extra={"event": "predict_error", "key": key, "error": repr(e)})
+            if attempts < self.max_attempts:
+                return Outcome("retry", "internal", repr(e))
+            out = self._final_failure(key, e, attempts, "internal")
+        if self.dst is not None:
+            try:
+                out.output = self.write(key, out)
+            except StorageError as e:
+                if e.reason in ("unreachable", "no_bucket"):
+                    return Outcome("unavailable", e.reason, str(e))
+                if attempts >= self.max_attempts:
+                    return Outcome("failed", "write_" + e.reason, str(e))
+                return Outcome("retry", "write_" + e.reason, str(e))
+        return out
+
+    def write(self, key: str, out: Outcome) -> str:
+        """Remove the other result kind, then write ours atomically (idempotent: same key every time)."""
+        ok_key, err_key = result_keys(key)
+        mine, other = (ok_key, err_key) if out.state == "done" else (err_key, ok_key)
+        self.dst.delete(other)
+        self.dst.put_atomic(mine, (json.dumps(out.record, ensure_ascii=False, indent=1) + "\n").encode())
+        return mine
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+class Runner:
+    """Worker threads that claim from the ledger, process, and record the outcome; plus a lease heartbeat."""
+
+    def __init__(self, src: Store, dst: Store | None, clf, ledger: Ledger, *, sink: str | None = None,
+                 workers: int = 1, max_attempts: int = 3, lease: float = 60.0, backoff: float = 1.0,
+                 top_k: int = 5, store_results: bool = False, stop_event: threading.Event | None = None,
+                 on_finish=None, predict_kwargs: dict | None = None):
+        self.src, self.dst, self.ledger = src, dst, ledger
+        self.source, self.sink = src.url, sink or (dst.url if dst else "")
+        self.proc = Processor(src, dst, clf, top_k=top_k, max_attempts=max_attempts,
+                              predict_kwargs=predict_kwargs)
+        self.workers, self.max_attempts, self.lease, self.backoff = workers, max_attempts, lease, backoff
+        self.store_results = store_results
+        self.stop = stop_event or threading.Event()
+        self.wake = threading.Event()
+        self.on_finish = on_finish
+        self.counts = {"done": 0, "failed": 0, "retry": 0, "unavailable": 0, "vanished": 0}
+        self._held: dict[str, tuple[Item, str]] = {}
+        self._lock = threading.Lock()
+        self._pause_until = 0.0
+        self._outage = 0
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._loop, name=f"earshot-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._heartbeat, name="earshot-heartbeat", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def join(self, timeout: float | None = None) -> None:
+        self.wake.set()
+        for t in self._threads:
+            t.join(timeout)
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(max(0.5, self.lease / 3)):
+            with self._lock:
+                held = list(self._held.values())
+            for item, owner in held:
+                try:
+                    if not self.ledger.renew(item, owner, self.lease):
+                        log.warning("lease lost", extra={"event": "lease_lost", "key": item.key})
+                except Exception as e:  # never let the heartbeat die
+                    log.warning("renew failed", extra={"event": "renew_error", "error": repr(e)})
+
+    def _loop(self) -> None:
+        owner = default_owner()
+        while not self.stop.is_set():
+            wait = self._pause_until - time.time()
+            if wait > 0:
+                self.stop.wait(min(wait, 1.0))
+                continue
+            try:
+                item = self.ledger.claim(self.source, self.sink, owner, self.lease)
+            except Exception as e:
+                log.error("claim failed", extra={"event": "ledger_error", "error": repr(e)})
+                self.stop.wait(1.0)
+                continue
+            if item is None:
+                self.wake.wait(0.5)
+                self.wake.clear()
+                continue
+            with self._lock:
+                self._held[item.key] = (item, owner)
+            try:
+                self._run_one(item, owner)
+            except Exception as e:  # the ledger itself failed: the lease runs out and the item is re-claimed
+                log.error("item bookkeeping failed",
+                          extra={"event": "ledger_error", "key": item.key, "error": repr(e)})
+                self.stop.wait(1.0)
+            finally:
+                with self._lock:
+                    self._held.pop(item.key, None)
+
+    def _run_one(self, item: Item, owner: str) -> None:
+        t0 = time.perf_counter()
+        key = item.key
+        if item.attempts > self.max_attempts:
+            # Every earlier attempt died holding the lease (a crash or a kill while processing this object).
+            exc = RuntimeError(f"worker lost {item.attempts - 1} times while processing")
+            out = Outcome("failed", "worker_lost", str(exc),
+                          failure_record(key, exc, self.proc.model_name, item.attempts - 1, "worker_lost"))
+            if self.dst is not None:
+                try:
+                    out.output = self.proc.write(key, out)
+                except StorageError as e:
+                    out = Outcome("unavailable", e.reason, str(e))
+        else:
+            out = self.proc.process(key, item.attempts)
+        ms = round((time.perf_counter() - t0) * 1000, 1)
+        extra = {"key": key, "attempts": item.attempts, "ms": ms, "event": out.state, "owner": owner}
+        if out.state == "unavailable":
+            self._outage += 1
+            delay = min(30.0, self.backoff * 2 ** min(self._outage - 1, 6))
+            self._pause_until = time.time() + delay
+            self.ledger.retry(item, owner, delay, error=out.error, reason=out.reason, count=False)
+            log.warning("store unavailable; pausing", extra={**extra, "reason": out.reason, "pause_s": delay})
+        elif out.state == "retry":
+            delay = backoff_delay(item.attempts, self.backoff)
+            self.ledger.retry(item, owner, delay, error=out.error, reason=out.reason)
+            log.warning("retrying", extra={**extra, "reason": out.reason, "error": out.error, "delay_s": delay})
+        else:
+            self._outage = 0
+            state = "done" if out.state == "done" else "failed"
+            result = dumps(out.record) if (self.store_results and out.record is not None) else None
+            ok = self.ledger.finish(item, owner, state, error=out.error, reason=out.reason, result=result)
+            if not ok:
+                log.warning("lease lost before finish", extra={**extra, "event": "lease_lost"})
+            lvl = logging.INFO if out.state == "done" else logging.WARNING
+            log.log(lvl, out.state, extra={**extra, "reason": out.reason, "output": out.output})
+            if self.on_finish:
+                self.on_finish(out)
+        with self._lock:
+            self.counts[out.state] = self.counts.get(out.state, 0) + 1
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+
+
+class Discovery:
+    """Keeps the ledger in step with SRC: full scans, watchdog events (local), HTTP events (S3)."""
+
+    def __init__(self, src: Store, dst: Store | None, ledger: Ledger, sink: str, *, settle: float = 1.0,
+                 wake: threading.Event | None = None):
+        self.src, self.ledger, self.sink = src, ledger, sink
+        self.skip = nested_prefix(src, dst) if dst is not None else None
+        if self.skip == "":
+            raise StorageError("the output must not be the source itself", source=src.url, reason="bad_url")
+        self.settle = settle
+        self.wake = wake or threading.Event()
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
+        self._observer = None
+        self.errors = 0
+
+    def wanted(self, key: str) -> bool:
+        if self.skip and key.startswith(self.skip):
+            return False
+        return not any(p.startswith(".") for p in key.split("/"))
+
+    def _settled(self, key: str) -> bool:
+        if self.settle <= 0 or not isinstance(self.src, LocalStore):
+            return True
+        age = self.src.stat_age(key)
+        return age is not None and age >= self.settle
+
+    def scan(self) -> int:
+        """List SRC and record new/changed objects; returns how many became pending (-1: listing failed)."""
+        try:
+            rows = []
+            for o in self.src.list():
+                if not self.wanted(o.key):
+                    continue
+                if not self._settled(o.key):
+                    self.mark_dirty(o.key)
+                    continue
+                rows.append((o.key, o.version, o.size))
+            n = self.ledger.sync(self.src.url, self.sink, rows)
+        except Exception as e:
+            self.errors += 1
+            log.warning("scan failed", extra={"event": "scan_error", "error": repr(e)})
+            return -1
+        if n:
+            log.info("discovered", extra={"event": "discovered", "new": n, "listed": len(rows)})
+            self.wake.set()
+        return n
+
+    def mark_dirty(self, key: str) -> None:
+        with self._lock:
+            self._dirty.add(key)
+
+    def flush_dirty(self) -> int:
+        """Record dirty keys (from watchdog) whose files have settled."""
+        with self._lock:
+            keys, self._dirty = self._dirty, set()
+        rows, later = [], set()
+        for k in keys:
+            try:
+                info = self.src.head(k)
+            except Exception:
+                later.add(k)
+                continue
+            if info is None:
+                continue
+            if not self._settled(k):
+                later.add(k)
+                continue
+            rows.append((info.key, info.version, info.size))
+        if later:
+            with self._lock:
+                self._dirty |= later
+        n = self.ledger.sync(self.src.url, self.sink, rows) if rows else 0
+        if n:
+            self.wake.set()
+        return n
+
+    def record_events(self, body: dict) -> int:
+        """Enqueue S3 event notifications (AWS/MinIO `Records`); returns how many objects were recorded."""
+        rows = []
+        for rec in body.get("Records") or []:
+            name = str(rec.get("eventName", "ObjectCreated"))
+            if "ObjectCreated" not in name and "Put" not in name and "Copy" not in name:
+                continue
+            s3 = rec.get("s3") or {}
+            bucket = (s3.get("bucket") or {}).get("name")
+            obj = s3.get("object") or {}
+            full = urllib.parse.unquote_plus(str(obj.get("key", "")))
+            if isinstance(self.src, S3Store):
+                if bucket != self.src.bucket or not full.startswith(self.src.prefix):
+                    continue
+                key = full[len(self.src.prefix) :]
+            else:
+                key = full
+            if not key or not self.wanted(key):
+                continue
+            try:
+                safe_key(key)
+            except StorageError:
+                continue
+            etag = str(obj.get("eTag") or obj.get("etag") or "").strip('"')
+            size = obj.get("size")
+            if not etag or isinstance(self.src, LocalStore):
+                info = self.src.head(key)
+                if info is None:
+                    continue
+                etag, size = info.version, info.size
+            rows.append((key, etag, size))
+        n = self.ledger.sync(self.src.url, self.sink, rows) if rows else 0
+        if n:
+            self.wake.set()
+        log.info("events", extra={"event": "s3_events", "records": len(rows), "new": n})
+        return len(rows)
+
+    def start_watchdog(self) -> bool:
+        """inotify/FSEvents on a local SRC via watchdog; False when unavailable."""
+        if not isinstance(self.src, LocalStore):
+            return False
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return False
+        disc, root = self, self.src.root
+
+        class H(FileSystemEventHandler):
+            def _add(self, path):
+                try:
+                    rel = __import__("pathlib").Path(path).relative_to(root).as_posix()
+                except ValueError:
+                    return
+                if disc.wanted(rel):
+                    disc.mark_dirty(rel)
+
+            def on_created(self, e):
+                if not e.is_directory:
+                    self._add(e.src_path)
+
+            def on_modified(self, e):
+                if not e.is_directory:
+                    self._add(e.src_path)
+
+            def on_closed(self, e):
+                self._add(e.src_path)
+
+            def on_moved(self, e):
+                if not e.is_directory:
+                    self._add(e.dest_path)
+
+        obs = Observer()
+        obs.daemon = True
+        obs.schedule(H(), str(root), recursive=True)
+        obs.start()
+        self._observer = obs
+        return True
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+
+
+# ------------------------------------------------------------------------------------------------ HTTP events
+
+
+def serve_events(disc: Discovery, ledger: Ledger, host: str, port: int) -> ThreadingHTTPServer:
+    """Start an HTTP endpoint: POST (any path) S3 event JSON -> ledger; GET /healthz, GET /status."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, obj: dict) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            if self.path.startswith("/healthz"):
+                self._send(200, {"ok": True})
+            elif self.path.startswith("/status"):
+                self._send(200, status(ledger, disc.src.url, disc.sink))
+            else:
+                self._send(404, {"error": "not found"})
+
+        def do_POST(self):  # noqa: N802
+            n = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(n) or b"{}")
+            except ValueError:
+                self._send(400, {"error": "body is not JSON"})
+                return
+            try:
+                queued = disc.record_events(body if isinstance(body, dict) else {})
+            except Exception as e:
+                log.error("event handling failed", extra={"event": "s3_events_error", "error": repr(e)})
+                self._send(503, {"error": str(e)})
+                return
+            self._send(200, {"queued": queued})
+
+        def log_message(self, fmt, *args):
+            log.debug(fmt % args, extra={"event": "http"})
+
+    srv = ThreadingHTTPServer((host, port), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, name="earshot-events", daemon=True).start()
+    log.info("event endpoint", extra={"event": "http_listen", "host": host, "port": srv.server_address[1]})
+    return srv
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+def status(ledger, source: str | None = None, sink: str | None = None) -> dict:
+    """Counts by state, oldest pending item, top error reasons (a Ledger, a ledger path or URL)."""
+    return open_ledger(ledger).status(source, sink)
+
+
+@dataclass
+class WatchResult:
+    counts: dict = field(default_factory=dict)
+    status: dict = field(default_factory=dict)
+
+
+def watch(src: str | Store, dst: str | Store, *, model="mn04-as", poll: float = 5.0, workers: int = 1,
+          ledger: str | Ledger | None = None, max_attempts: int = 3, once: bool = False,
+          stop_event: threading.Event | None = None, endpoint_url: str | None = None,
+          http: str | None = None, lease: float = 60.0, backoff: float = 1.0, scan_interval: float = 60.0,
+          settle: float = 1.0, top_k: int = 5, use_watchdog: bool | None = None,
+          on_ready=None) -> dict:
+    """Watch SRC and write one result per object under DST until `stop_event` is set (or, with `once`, until
+    everything present at the first scan is finished). Returns this run's counts and the ledger status.
+
+    `http="127.0.0.1:8765"` also accepts S3 event notifications; `on_ready(info)` is called once running.
+    """
+    src_store = src if isinstance(src, Store) else open_store(src, endpoint_url=endpoint_url)
+    dst_store = dst if isinstance(dst, Store) else open_store(dst, endpoint_url=endpoint_url, create=True)
+    led = open_ledger(ledger, src_store.url, dst_store.url)
+    stop = stop_event or threading.Event()
+    sink = dst_store.url
+    clf = load_model(model)
+    disc = Discovery(src_store, dst_store, led, sink, settle=0.0 if once else settle)
+    if isinstance(dst_store, LocalStore):
+        swept = dst_store.sweep_temp()
+        if swept:
+            log.info("removed stale temp files", extra={"event": "sweep", "count": swept})
+    released = led.release_dead(src_store.url, sink, _pid_alive)
+    if released:
+        log.info("reclaimed leases of dead workers", extra={"event": "reclaim", "count": released})
+    runner = Runner(src_store, dst_store, clf, led, sink=sink, workers=workers, max_attempts=max_attempts,
+                    lease=lease, backoff=backoff, top_k=top_k, stop_event=stop)
+    disc.wake = runner.wake
+    inotify = False if once or use_watchdog is False else disc.start_watchdog()
+    srv = None
+    if http:
+        host, _, port = http.rpartition(":")
+        srv = serve_events(disc, led, host or "127.0.0.1", int(port))
+    log.info("watch started", extra={"event": "start", "src": src_store.url, "dst": sink, "workers": workers,
+                                      "ledger": getattr(led, "path", None), "inotify": inotify, "once": once})
+    runner.start()
+    if on_ready:
+        on_ready({"http_port": srv.server_address[1] if srv else None, "inotify": inotify})
+    try:
+        while disc.scan() < 0 and not stop.is_set():
+            if once and disc.errors > 10:
+                raise StorageError("cannot list the source", source=src_store.url, reason="unreachable")
+            stop.wait(min(poll, 2.0))
+        last_scan = time.monotonic()
+        interval = scan_interval if inotify else poll
+        while not stop.is_set():
+            if once:
+                if led.unfinished(src_store.url, sink) == 0:
+                    break
+                stop.wait(0.2)
+                continue
+            stop.wait(0.25)
+            if inotify:
+                disc.flush_dirty()
+            elif disc._dirty:
+                disc.flush_dirty()
+            if time.monotonic() - last_scan >= interval:
+                disc.scan()
+                last_scan = time.monotonic()
+    finally:
+        stop.set()
+        runner.join(30)
+        disc.stop()
+        if srv is not None:
+            srv.shutdown()
+    st = led.status(src_store.url, sink)
+    log.info("watch stopped", extra={"event": "stop", "counts": runner.counts, "status": st["counts"]})
+    return {"counts": runner.counts, "status": st}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m earshot.watch SRC DST [options]` or `python -m earshot.watch status --ledger PATH`."""
+    p = argparse.ArgumentParser(prog="earshot watch", description=__doc__.split("\n")[0])
+    p.add_argument("src")
+    p.add_argument("dst", nargs="?")
+    p.add_argument("--output", "-o", dest="output")
+    p.add_argument("--model", default="mn04-as")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--poll", type=float, default=5.0)
+    p.add_argument("--ledger")
+    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--once", action="store_true")
+    p.add_argument("--http", help="HOST:PORT for S3 event notifications")
+    p.add_argument("--endpoint-url")
+    p.add_argument("--lease", type=float, default=60.0)
+    p.add_argument("--backoff", type=float, default=1.0)
+    p.add_argument("--scan-interval", type=float, default=60.0)
+    p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--no-watchdog", action="store_true")
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    configure_logging(a.log_level)
+    if a.src == "status":
+        print(json.dumps(status(a.ledger or a.dst), indent=1))
+        return 0
+    dst = a.output or a.dst
+    if not dst:
+        p.error("an output (DST or --output) is required")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    res = watch(a.src, dst, model=a.model, poll=a.poll, workers=a.workers, ledger=a.ledger,
+                max_attempts=a.max_attempts, once=a.once, stop_event=stop, endpoint_url=a.endpoint_url,
+                http=a.http, lease=a.lease, backoff=a.backoff, scan_interval=a.scan_interval, settle=a.settle,
+                top_k=a.top_k, use_watchdog=False if a.no_watchdog else None)
+    print(json.dumps(res["counts"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

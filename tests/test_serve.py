@@ -1,0 +1,414 @@
+"""The HTTP server end to end: a real uvicorn on 127.0.0.1, real clips, httpx as the client."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import DATA, esc50_clip
+
+from earshot.serve import Settings, create_app
+
+HAS_TRAIN = importlib.util.find_spec("earshot.train") is not None
+
+
+@contextmanager
+def running_server(tmp: Path, **overrides):
+    """uvicorn serving `create_app(Settings(...))` in a thread on a free port; yields the base URL."""
+    import uvicorn
+
+    overrides.setdefault("state_dir", tmp / "state")
+    overrides.setdefault("models_dir", tmp / "models")
+    settings = Settings.from_env({}, **overrides)
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_loaded(base, settings.api_keys[0] if settings.api_keys else None)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def wait_loaded(base: str, key: str | None = None, timeout: float = 120) -> None:
+    """Block until the default model is warm (first build of the bundle can take a while)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if httpx.get(base + "/healthz").json()["models_loaded"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("default model never loaded")
+
+
+def wav_bytes(seconds: float) -> bytes:
+    """A WAV of real dog clips from ESC-50 concatenated to about `seconds`."""
+    clips = [
+        sf.read(esc50_clip("dog", i), dtype="float32")[0] for i in range(max(1, int(np.ceil(seconds / 5))))
+    ]
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate(clips), 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def failure_shape(body: dict, reason: str | None = None) -> None:
+    assert body["labels"] == []
+    assert set(body["error"]) >= {"type", "reason", "message"}
+    if reason:
+        assert body["error"]["reason"] == reason, body
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("samples")
+    for cat in ("dog", "rooster", "rain"):
+        shutil.copy(esc50_clip(cat), root / f"{cat}.wav")
+    (root / "notes.txt").write_text("not audio")
+    (root / "outside.wav").symlink_to(
+        esc50_clip("crow")
+    )  # a link out of the root is neither listed nor served
+    return root
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, samples) -> str:
+    with running_server(tmp_path_factory.mktemp("srv"), samples_dir=samples, max_upload_mb=1) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    with httpx.Client(base_url=base, timeout=60) as c:
+        yield c
+
+
+DOG = esc50_clip("dog")
+
+
+def test_predict_multipart_and_raw(client):
+    r = client.post(
+        "/v1/predict", files={"file": (DOG.name, DOG.read_bytes(), "audio/wav")}, params={"top_k": 3}
+    )
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["title"] == DOG.name and p["model"] == "mn04-as" and p["error"] is None
+    assert len(p["labels"]) == 3 == len(p["probabilities"]) == len(p["labels_info"])
+    assert "Dog" in p["labels"] and "/m/0bt9lr" in p["labels_info"]
+    assert p["duration"] == pytest.approx(5.0, abs=0.01)
+    r = client.post("/v1/predict", content=DOG.read_bytes(), params={"title": "raw.wav"})
+    assert r.status_code == 200 and r.json()["title"] == "raw.wav" and r.json()["labels"]
+
+
+def test_predict_timeline_and_spectrogram(client):
+    r = client.post(
+        "/v1/predict",
+        files={"file": ("dog.wav", DOG.read_bytes())},
+        params={"timeline": "true", "window": 1.0, "hop": 0.5, "spectrogram": "true"},
+    )
+    p = r.json()
+    assert r.status_code == 200, r.text
+    assert p["segments"] and p["segments"][0]["start"] == 0.0
+    assert any(e["label"] == "Dog" for e in p["events"])
+    assert p["spectrogram"].startswith("data:image/png;base64,")
+    assert base64.b64decode(p["spectrogram"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    r = client.post("/v1/spectrogram", content=DOG.read_bytes())
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b"", 400, "empty"),
+        (b"just some text, not audio at all\n" * 10, 415, "unsupported"),
+        (DOG.read_bytes()[:300], 422, "truncated"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, 415, "unsupported"),
+    ],
+    ids=["empty", "text", "truncated-wav", "png"],
+)
+def test_bad_uploads_are_4xx_json(client, body, status, reason):
+    r = client.post("/v1/predict", files={"file": ("clip.wav", body, "audio/wav")})
+    assert r.status_code == status, r.text
+    failure_shape(r.json(), reason)
+    assert r.json()["title"] == "clip.wav"
+    assert client.get("/healthz").status_code == 200  # still serving
+
+
+def test_oversize_is_413_while_streaming(client):
+    big = b"RIFF" + b"\0" * (2 << 20)
+    r = client.post("/v1/predict", files={"file": ("big.wav", big)})
+    assert r.status_code == 413
+    failure_shape(r.json(), "too_large")
+
+    def chunks():  # no Content-Length: the cap must hold while the body streams in
+        for _ in range(64):
+            yield b"\0" * 65536
+
+    r = client.post("/v1/predict", content=chunks())
+    assert r.status_code == 413
+    failure_shape(r.json(), "too_large")
+    assert client.post("/v1/predict", content=DOG.read_bytes()).status_code == 200
+
+
+def test_bad_parameters_and_unknown_model(client):
+    r = client.post("/v1/predict", params={"top_k": "lots"}, content=DOG.read_bytes())
+    assert r.status_code == 422
+    failure_shape(r.json(), "invalid_request")
+    r = client.post("/v1/predict", params={"model": "no-such-model"}, content=DOG.read_bytes())
+    assert r.status_code == 404
+    failure_shape(r.json(), "not_found")
+    r = client.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["reason"] == "not_found"
+
+
+def test_models_and_card(client):
+    data = client.get("/v1/models").json()
+    assert data["default"] == "mn04-as"
+    assert any(m["name"] == "mn04-as" and m["default"] for m in data["models"])
+    card = client.get("/v1/models/mn04-as").json()
+    assert len(card["labels"]) == 527 and card["sample_rate"] == 32000
+    assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_samples_listed_and_served_safely(client, samples):
+    names = [s["name"] for s in client.get("/v1/samples").json()["samples"]]
+    assert names == ["dog.wav", "rain.wav", "rooster.wav"]
+    r = client.get("/v1/samples/dog.wav")
+    assert r.status_code == 200 and r.content == (samples / "dog.wav").read_bytes()
+    for bad in (
+        "%2e%2e/%2e%2e/etc/passwd",
+        "..%2f..%2fetc%2fpasswd",
+        "outside.wav",
+        "notes.txt",
+        "%2fetc%2fpasswd",
+    ):
+        r = client.get("/v1/samples/" + bad)
+        assert r.status_code == 404, bad
+        failure_shape(r.json())
+
+
+def test_health_metrics_docs_page(client):
+    h = client.get("/healthz").json()
+    assert h["status"] == "ok" and "mn04-as" in h["models_loaded"]
+    text = client.get("/metrics").text
+    assert 'earshot_http_requests_total{route="/v1/predict",method="POST",status="200"}' in text
+    assert 'earshot_http_request_duration_seconds_bucket{route="/v1/predict",le="+Inf"}' in text
+    assert "earshot_http_in_flight 1" in text  # the scrape itself
+    assert 'earshot_errors_total{route="/v1/predict",type="AudioError"}' in text
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/models", "/v1/models/{name}", "/v1/train", "/v1/jobs/{job_id}"} <= set(
+        spec["paths"]
+    )
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "earshot" in page.text
+    for asset in ("/static/app.js", "/static/app.css", "/static/favicon.svg"):
+        body = client.get(asset)
+        assert body.status_code == 200
+        assert "https://" not in body.text and "http://" not in body.text.replace("http://www.w3.org", "")
+
+
+def test_api_keys(tmp_path):
+    with running_server(tmp_path, api_keys=["s3cret", "other"]) as base, httpx.Client(base_url=base) as c:
+        r = c.get("/v1/models")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        failure_shape(r.json(), "unauthorized")
+        assert c.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.post("/v1/predict", content=DOG.read_bytes()).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Bearer other"}).status_code == 200
+        r = c.post("/v1/predict", content=DOG.read_bytes(), headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 200 and r.json()["labels"]
+        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+
+
+def test_cors(tmp_path):
+    with running_server(tmp_path, cors_origins=["http://app.example"]) as base:
+        r = httpx.options(
+            base + "/v1/predict",
+            headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        r = httpx.get(base + "/v1/models", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_overload_answers_503_quickly_then_recovers(tmp_path):
+    long_wav = wav_bytes(60)
+    with running_server(tmp_path, max_inflight=1, max_queue=1, max_upload_mb=8) as base:
+
+        def post(_):
+            t0 = time.perf_counter()
+            r = httpx.post(base + "/v1/predict", content=long_wav, params={"timeline": "true"}, timeout=60)
+            return r, time.perf_counter() - t0
+
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(post, range(10)))
+        codes = sorted(r.status_code for r, _ in results)
+        assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 3, codes
+        for r, dt in results:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "1"
+                failure_shape(r.json(), "overloaded")
+                assert dt < 2.0
+        r = httpx.post(base + "/v1/predict", content=DOG.read_bytes(), timeout=30)
+        assert r.status_code == 200  # recovered
+        assert 'earshot_rejected_total{reason="overload"}' in httpx.get(base + "/metrics").text
+
+
+def test_timeout_is_504(tmp_path):
+    long_wav = wav_bytes(120)
+    with running_server(tmp_path, request_timeout_s=0.05, max_upload_mb=8) as base:
+        t0 = time.perf_counter()
+        r = httpx.post(base + "/v1/predict", content=long_wav, params={"timeline": "true"}, timeout=30)
+        assert r.status_code == 504 and time.perf_counter() - t0 < 2
+        failure_shape(r.json(), "timeout")
+        assert httpx.get(base + "/healthz").status_code == 200
+
+
+def test_torch_never_imported_by_serving(tmp_path):
+    code = (
+        "import sys; from earshot.serve import Settings, create_app; "
+        f"app = create_app(Settings.from_env({{}}, state_dir={str(tmp_path)!r})); "
+        f"p = app.state.store.get(None).predict({str(DOG)!r}); assert p.labels; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+# ---------------------------------------------------------------------------------------------- training API
+def class_zip(per_class: int = 6, classes=("dog", "rooster"), wrap: str = "data") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for cat in classes:
+            for i in range(per_class):
+                z.write(esc50_clip(cat, i), f"{wrap}/{cat}/{cat}_{i}.wav")
+        z.writestr("__MACOSX/._junk", b"junk")
+    return buf.getvalue()
+
+
+def wait_job(c: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} still {job['status']}")
+
+
+def test_train_upload_checks(tmp_path):
+    root = tmp_path / "allowed"
+    root.mkdir()
+    with (
+        running_server(tmp_path, train_roots=[root], max_train_upload_mb=2) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        r = c.post("/v1/train", files={"file": ("data.zip", b"not an archive")})
+        assert r.status_code == 415 and r.json()["error"]["reason"] == "unsupported"
+        evil = io.BytesIO()
+        with zipfile.ZipFile(evil, "w") as z:
+            z.writestr("dog/ok.wav", DOG.read_bytes())
+            z.writestr("../../escaped.wav", b"RIFF")
+        r = c.post("/v1/train", files={"file": ("evil.zip", evil.getvalue())})
+        assert r.status_code == 400 and r.json()["error"]["reason"] == "unsafe_archive"
+        assert not list(tmp_path.rglob("escaped.wav"))
+        r = c.post("/v1/train", files={"file": ("big.zip", b"PK\x03\x04" + b"\0" * (3 << 20))})
+        assert r.status_code == 413
+        r = c.post("/v1/train", files={"file": ("d.zip", class_zip(1))}, data={"name": "mn04-as"})
+        assert r.status_code == 409
+        r = c.post("/v1/train", files={"file": ("d.zip", class_zip(1))}, data={"name": "../x"})
+        assert r.status_code == 422
+        assert c.post("/v1/train", json={"path": "/etc"}).status_code == 403
+        assert c.post("/v1/train", json={"path": str(root / ".." / "x")}).status_code == 403
+        assert c.post("/v1/train", json={"path": str(root / "missing")}).status_code == 404
+        assert c.get("/v1/jobs/nope").status_code == 404
+        assert c.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_jobs_survive_restart_and_failures_end_failed(tmp_path):
+    from earshot.serve.jobs import JobStore
+
+    state = tmp_path / "state"
+    store = JobStore(state / "jobs.sqlite3")
+    running = store.create("was-running", str(tmp_path / "gone"), "path", {})
+    store.start(running["id"])
+    queued = store.create("was-queued", str(tmp_path / "gone"), "path", {})
+    store.close()
+    with running_server(tmp_path, state_dir=state) as base, httpx.Client(base_url=base) as c:
+        job = c.get(f"/v1/jobs/{running['id']}").json()
+        assert job["status"] == "failed" and job["error"]["message"] == "interrupted by restart"
+        job = wait_job(c, queued["id"], timeout=60)  # re-queued, and its data set is missing: must end failed
+        assert job["status"] == "failed" and job["error"]["message"] and job["timings"]["run_s"] is not None
+        assert {j["id"] for j in c.get("/v1/jobs").json()["jobs"]} == {running["id"], queued["id"]}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TRAIN, reason="earshot.train is not importable yet (training issue in progress)")
+def test_train_job_end_to_end(tmp_path):
+    with running_server(tmp_path) as base, httpx.Client(base_url=base, timeout=60) as c:
+        assert "dogs-vs-roosters" not in {m["name"] for m in c.get("/v1/models").json()["models"]}
+        r = c.post(
+            "/v1/train", files={"file": ("animals.zip", class_zip(8))}, data={"name": "dogs-vs-roosters"}
+        )
+        assert r.status_code == 202, r.text
+        assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+        job = wait_job(c, r.json()["id"], timeout=180)
+        assert job["status"] == "succeeded", job
+        assert job["model"] == "dogs-vs-roosters" and job["timings"]["run_s"] > 0
+        names = {m["name"] for m in c.get("/v1/models").json()["models"]}
+        assert "dogs-vs-roosters" in names  # without a restart
+        card = c.get("/v1/models/dogs-vs-roosters").json()
+        assert sorted(card["labels"]) == ["dog", "rooster"]
+        r = c.post(
+            "/v1/predict",
+            params={"model": "dogs-vs-roosters"},
+            files={"file": ("r.wav", esc50_clip("rooster", 9).read_bytes())},
+        )
+        assert r.status_code == 200 and r.json()["labels"][0] == "rooster", r.text
+        assert not (tmp_path / "state" / "jobs" / job["id"] / "data").exists()  # upload cleaned up
+
+
+def test_settings_from_env():
+    s = Settings.from_env(
+        {
+            "EARSHOT_API_KEYS": "a, b",
+            "EARSHOT_MAX_UPLOAD_MB": "3",
+            "EARSHOT_CORS_ORIGINS": "*",
+            "EARSHOT_SAMPLES": str(DATA),
+            "EARSHOT_TRAIN_ROOTS": os.pathsep.join(["/a", "/b"]),
+        }
+    )
+    assert s.api_keys == ["a", "b"] and s.max_upload_mb == 3.0 and s.cors_origins == ["*"]
+    assert s.samples_dir == DATA and [str(p) for p in s.train_roots] == ["/a", "/b"]
+    assert s.max_inflight == s.workers >= 1 and s.max_queue == 2 * s.max_inflight
+    with pytest.raises(TypeError):
+        Settings.from_env({}, no_such_setting=1)
