@@ -315,6 +315,24 @@ def test_blocks_short_input_and_pyav(dog, media):
     np.testing.assert_allclose(np.concatenate(parts)[: len(full)], full[: sum(map(len, parts))], atol=1e-4)
 
 
+def test_blocks_from_bytes_and_pipe(dog):
+    want = audio.decode(dog, SR)
+    got = np.concatenate(list(audio.blocks(dog.read_bytes(), SR, 1.0, name="upload.wav")))
+    np.testing.assert_allclose(got[: len(want)], want[: len(got)], atol=1e-4)
+    proc = subprocess.Popen(["cat", str(dog)], stdout=subprocess.PIPE)
+    try:
+        got = np.concatenate(list(audio.blocks(proc.stdout, SR, 2.0)))
+    finally:
+        proc.stdout.close()
+        proc.wait()
+    np.testing.assert_allclose(got[: len(want)], want[: len(got)], atol=1e-4)
+
+
+def test_audio_module_does_not_import_torch():
+    code = "import sys, earshot.audio; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_blocks_close_early(long_wav):
     with audio.blocks(long_wav, SR, 1.0) as reader:
         first = next(reader)
@@ -341,6 +359,9 @@ def test_max_seconds_env_var(dog, monkeypatch):
     assert len(audio.decode(dog, SR, max_seconds=6)) == 5 * SR
     monkeypatch.setenv(audio.MAX_SECONDS_ENV, "0")
     assert len(audio.decode(dog, SR)) == 5 * SR
+    monkeypatch.setenv(audio.MAX_SECONDS_ENV, "ten minutes")
+    with pytest.raises(ValueError, match="EARSHOT_MAX_SECONDS"):
+        audio.decode(dog, SR)
 
 
 # ------------------------------------------------------------------------------------------- malformed corpus

@@ -409,6 +409,6 @@ def test_settings_from_env():
     )
     assert s.api_keys == ["a", "b"] and s.max_upload_mb == 3.0 and s.cors_origins == ["*"]
     assert s.samples_dir == DATA and [str(p) for p in s.train_roots] == ["/a", "/b"]
-    assert s.max_inflight == s.workers >= 1 and s.max_queue == 2 * s.max_inflight
+    assert s.max_inflight == s.workers >= 1 and s.max_queue == 4 * s.max_inflight
     with pytest.raises(TypeError):
         Settings.from_env({}, no_such_setting=1)

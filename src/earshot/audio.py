@@ -163,7 +163,7 @@ class Blocks:
         self._src = _Input(source, name)
         self._stream: _Stream | None = None
         try:
-            self._stream = _open_stream(self._src, limit, streaming=False)
+            self._stream = _open_stream(self._src, limit, streaming=True)
         except AudioError:
             self._src.close()
             raise
@@ -376,7 +376,9 @@ class _Input:
             f.seek(0)
         except (OSError, ValueError) as e:
             self.close()
-            raise _error(self, "read_error", f"could not be read: {e.strerror or e}") from None
+            raise _error(
+                self, "read_error", f"could not be read: {getattr(e, 'strerror', None) or e}"
+            ) from None
         if not isinstance(head, bytes | bytearray):
             self.close()
             raise _error(self, "read_error", "could not be read: the file object did not return bytes")
@@ -458,7 +460,7 @@ def _check_wav(src: _Input) -> None:
         riff = f.read(12)
         if len(riff) < 12:
             raise _error(src, "truncated", "is truncated: it ends inside its WAV header")
-        if riff[:4] != b"RIFF":  # RF64/BW64: leave it to libsndfile
+        if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":  # RF64/BW64, other RIFF forms: libsndfile decides
             return
         channels = block_align = None
         for _ in range(256):
@@ -467,6 +469,8 @@ def _check_wav(src: _Input) -> None:
                 raise _error(src, "truncated", "is truncated: it ends before its audio data starts")
             cid, size = hdr[:4], struct.unpack("<I", hdr[4:])[0]
             if cid == b"fmt ":
+                if size < 14:  # malformed, not short: libsndfile and PyAV say what they make of it
+                    return
                 fmt = f.read(min(size, 16))
                 if len(fmt) < 14:
                     raise _error(src, "truncated", "is truncated: it ends inside its WAV header")
@@ -589,15 +593,15 @@ class _SoundfileStream(_Stream):
         super().__init__(src, limit)
         src.rewind()
         self._f = f = sf.SoundFile(src.target)
-        if (
-            f.seekable()
-        ):  # what sf.read does; it changes libsndfile's MP3 output, so the reference depends on it
+        # sf.read seeks to 0 first, and that changes libsndfile's MP3 output: do the same, bit for bit
+        if f.seekable():
             f.seek(0)
         self.info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, "soundfile")
         self.exact_frames = f.format != "MP3" or _mp3_has_frame_count(src.head)
 
     def _raw_chunks(self, frames: int | None) -> Iterator[np.ndarray]:
-        # frames=None: one read of everything, bit-identical to sf.read (chunked mp3 reads differ by ~1 ulp)
+        # frames=None: one read of everything, bit-identical to sf.read (chunked MP3 reads are not: see
+        # _open_stream)
         mono = self.info.channels == 1
         step = -1 if frames is None else frames
         while True:

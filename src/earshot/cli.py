@@ -46,7 +46,8 @@ def expand_inputs(paths: list[str], endpoint_url: str | None = None) -> Iterator
                 if Path(obj.key).suffix.lower() in AUDIO_SUFFIXES:
                     yield _RemoteObject(store, obj.key)
         elif Path(p).is_dir():
-            yield from (str(f) for f in sorted(Path(p).rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            files = sorted(Path(p).rglob("*"))
+            yield from (str(f) for f in files if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
         elif any(c in p for c in "*?[") and not Path(p).exists():
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:
@@ -247,7 +248,7 @@ def train(
     cv: Annotated[int | None, typer.Option(help="K-fold cross-validation, reports mean ± std.")] = None,
     filter_: Annotated[list[str] | None, typer.Option("--filter", help="COL=VALUE on manifest columns.")] = None,
     label_regex: Annotated[str | None, typer.Option(help="Label = first group of this regex on file names.")] = None,
-    group_regex: Annotated[str | None, typer.Option(help="Group (speaker, recording) that never straddles splits.")] = None,
+    group_regex: Annotated[str | None, typer.Option(help="Group (speaker, recording) kept on one side.")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
     finetune: Annotated[bool, typer.Option(help="Unfreeze the backbone at a low learning rate.")] = False,

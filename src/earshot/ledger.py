@@ -192,7 +192,7 @@ class SQLiteLedger(Ledger):
         with self._tx() as c:
             for key, version, size in rows:
                 cur = c.execute(
-                    "SELECT version, next_version, state, lease_until FROM items "
+                    "SELECT version, next_version, state, lease_until, last_reason FROM items "
                     "WHERE source_url=? AND sink_url=? AND key=?",
                     (source, sink, key),
                 ).fetchone()
@@ -204,9 +204,9 @@ class SQLiteLedger(Ledger):
                     )
                     n += 1
                     continue
-                old, nxt, state, until = cur
-                if version in (old, nxt):
-                    continue
+                old, nxt, state, until, last_reason = cur
+                if version in (old, nxt) and not (state == "failed" and last_reason == "vanished"):
+                    continue  # unchanged (an object that vanished mid-run and is back is new work)
                 if state == "leased" and (until or 0) >= now:
                     # A worker holds the old version: it goes pending again with this one when that finishes.
                     c.execute(

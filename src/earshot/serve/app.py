@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -53,6 +53,7 @@ AUDIO_EXT = {
 }
 OPEN_PATHS = ("/healthz", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
 MB = 1 << 20
+DRAIN_LIMIT = 64 * MB  # a refused body up to this size is read and dropped before the 413 (never stored)
 
 AUDIO_STATUS = {"empty": 400, "unsupported": 415, "needs_media_extra": 415, "too_long": 413, "not_found": 400}
 DATA_STATUS = {"too_large": 413, "unsupported": 415}
@@ -227,7 +228,10 @@ class EarshotMiddleware:
             cap = self._cap(path)
             length = dict(scope["headers"]).get(b"content-length")
             too_big = error_body("UploadError", "too_large", f"request body over the {cap / MB:g} MB limit")
+            headers = dict(scope["headers"])
             if length is not None and length.isdigit() and int(length) > cap:
+                if headers.get(b"expect", b"").lower() != b"100-continue" and int(length) <= DRAIN_LIMIT:
+                    await _drain(receive)
                 return await error_response(413, too_big, {"connection": "close"})(
                     scope, receive, send_wrapper
                 )
@@ -247,6 +251,7 @@ class EarshotMiddleware:
             except BodyTooLarge:
                 if state["started"]:
                     raise
+                await _drain(receive)
                 await error_response(413, too_big, {"connection": "close"})(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
@@ -254,6 +259,24 @@ class EarshotMiddleware:
             if state.get("error"):
                 self.metrics.error(name, state["error"])
             self.metrics.observe(name, method, state["status"], time.perf_counter() - t0)
+
+
+async def _drain(receive, limit: int | None = None, seconds: float = 10.0) -> None:
+    """Read and drop the rest of a refused body (bounded), so the client gets the 413 rather than a reset."""
+    left = DRAIN_LIMIT if limit is None else limit
+
+    async def run() -> None:
+        nonlocal left
+        while left > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            left -= len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
+
+    with suppress(TimeoutError):
+        await asyncio.wait_for(run(), seconds)
 
 
 def _title(request: Request, fallback: str = "upload") -> str:
@@ -413,7 +436,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         name = model or store.default
         try:
             store.resolve(model)
-            if limiter.full():  # turn away before reading the body
+            if limiter.full():  # turn away before reading the body: overload answers stay cheap
                 raise overloaded()
             data, title = await _read_audio(request)
             uploads.check_audio(data, title)

@@ -32,7 +32,7 @@ class Settings:
     max_extract_files: int = 50_000
     workers: int = 0  # inference threads; 0 = number of cores
     max_inflight: int = 0  # requests running inference at once; 0 = workers
-    max_queue: int = -1  # admitted requests waiting for a worker; -1 = 2 x max_inflight
+    max_queue: int = -1  # admitted requests waiting for a worker; -1 = 4 x max_inflight
     ort_threads: int = 0  # onnxruntime intra-op threads per model; 0 = cores // max_inflight (at least 1)
     request_timeout_s: float = 30.0  # 504 past this (queue wait + decode + inference)
     retry_after_s: int = 1
@@ -50,7 +50,7 @@ class Settings:
         cores = os.cpu_count() or 1
         self.workers = self.workers if self.workers > 0 else cores
         self.max_inflight = self.max_inflight if self.max_inflight > 0 else self.workers
-        self.max_queue = self.max_queue if self.max_queue >= 0 else 2 * self.max_inflight
+        self.max_queue = self.max_queue if self.max_queue >= 0 else 4 * self.max_inflight
         self.ort_threads = self.ort_threads if self.ort_threads > 0 else max(1, cores // self.max_inflight)
 
     @classmethod

@@ -1,0 +1,119 @@
+"""earshot batch: one pass over a folder or bucket, resumable on its ledger, json or jsonl, local or Ray."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from s3server import build_corpus, list_results, s3, upload_folder  # noqa: F401
+
+from earshot.batch import RAY_HINT, batch
+from earshot.ledger import SQLiteLedger
+
+
+def local_results(out: Path) -> dict[str, list[str]]:
+    return list_results([p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()])
+
+
+@pytest.fixture(scope="module")
+def corpus60(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus60")
+    return root, build_corpus(root, 60, seed=11)
+
+
+def test_batch_local_json_then_skip(corpus60, tmp_path, tagger):
+    src, kinds = corpus60
+    out, led = tmp_path / "out", tmp_path / "l.sqlite"
+    n_ok = sum(k == "ok" for k in kinds.values())
+    s = batch(src, out, model=tagger, workers=2, ledger=led, progress=False)
+    assert (s["done"], s["failed"], s["skipped"], s["total"]) == (n_ok, len(kinds) - n_ok, 0, len(kinds))
+    res = local_results(out)
+    assert set(res) == set(kinds) and all(len(v) == 1 for v in res.values())
+    for key, kind in kinds.items():
+        doc = json.loads((out / res[key][0]).read_text())
+        assert (doc["error"] is None) == (kind == "ok") and doc["title"] == key
+    again = batch(src, out, model=tagger, ledger=led, progress=False)
+    assert (again["done"], again["failed"], again["skipped"]) == (0, 0, len(kinds))
+
+
+def test_batch_s3_jsonl(corpus60, tmp_path, tagger, s3):
+    src, kinds = corpus60
+    c = s3.client()
+    upload_folder(c, "earshot", src, "audio/")
+    s = batch("s3://earshot/audio/", "s3://earshot/reports/run1.jsonl", model=tagger, workers=2, fmt="jsonl",
+              ledger=tmp_path / "l.sqlite", progress=True)
+    assert s["done"] + s["failed"] == len(kinds) and s["lines"] == len(kinds)
+    body = c.get_object(Bucket="earshot", Key="reports/run1.jsonl")["Body"].read().decode()
+    rows = [json.loads(line) for line in body.splitlines()]
+    assert sorted(r["title"] for r in rows) == sorted(kinds)
+    for r in rows:
+        assert (r["error"] is None) == (kinds[r["title"]] == "ok")
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket="earshot", Prefix="reports/").get("Contents", [])]
+    assert keys == ["reports/run1.jsonl"]  # no per-object files in jsonl mode
+
+
+@pytest.mark.slow
+def test_batch_resumes_after_kill9(tmp_path, shared_data):
+    """A batch killed mid-run resumes on its ledger: finished objects are skipped, none is lost or doubled."""
+    src, out, led = tmp_path / "src", tmp_path / "out", tmp_path / "l.sqlite"
+    kinds = build_corpus(src, 150, seed=2)
+    code = ("import sys, json; from earshot.batch import batch; "
+            "print(json.dumps(batch(sys.argv[1], sys.argv[2], ledger=sys.argv[3], progress=False)))")
+    p = subprocess.Popen([sys.executable, "-c", code, str(src), str(out), str(led)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or sum(1 for _ in out.rglob("*.json")) < 20):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    first = sum(1 for _ in out.rglob("*.json"))
+    assert 0 < first < len(kinds)
+    r = subprocess.run([sys.executable, "-c", code, str(src), str(out), str(led)], capture_output=True, timeout=180)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    s = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    assert s["skipped"] >= first - 2  # a result written just before the kill may be redone (same key)
+    assert s["skipped"] + s["done"] + s["failed"] == len(kinds)
+    res = local_results(out)
+    assert set(res) == set(kinds) and all(len(v) == 1 for v in res.values())
+    assert all(json.loads((out / v[0]).read_text())["title"] == k for k, v in res.items())
+    assert all(i.state in ("done", "failed") for i in SQLiteLedger(led).items())
+
+
+def test_ray_engine_missing_or_works(tmp_path):
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"earshot\[ray\]"):
+            batch(tmp_path, tmp_path / "out", engine="ray", progress=False)
+        assert "pip install 'earshot[ray]'" in RAY_HINT
+        return
+    pytest.skip("ray is installed: covered by test_ray_engine_local_cluster")
+
+
+@pytest.mark.slow
+def test_ray_engine_local_cluster(tmp_path, tagger, s3):
+    """engine="ray" on a 2-CPU local Ray cluster: one Classifier per actor, results as with the local engine."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    src = tmp_path / "src"
+    kinds = build_corpus(src, 24, seed=4, n_bad=3)
+    c = s3.client()
+    upload_folder(c, "earshot", src, "in/")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        s = batch("s3://earshot/in/", tmp_path / "out", model="mn04-as", workers=2, engine="ray",
+                  ledger=tmp_path / "l.sqlite", progress=False)
+        s2 = batch("s3://earshot/in/", tmp_path / "out", model="mn04-as", workers=2, engine="ray",
+                   ledger=tmp_path / "l.sqlite", progress=False)
+    finally:
+        ray.shutdown()
+    assert (s["done"], s["failed"]) == (21, 3) and s2["skipped"] == 24
+    res = local_results(tmp_path / "out")
+    assert set(res) == set(kinds) and all(len(v) == 1 for v in res.values())
+    assert all(v[0].endswith(".error.json") == (kinds[k] != "ok") for k, v in res.items())

@@ -1,0 +1,97 @@
+"""`earshot predict` and `earshot models` as a user runs them: real processes, real files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import DATA, esc50_clip
+
+
+def earshot(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "earshot.cli", *args], input=stdin, capture_output=True,
+                          timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture(scope="module")
+def folder_with_one_bad(tmp_path_factory, tagger):
+    """100 real clips (ESC-50 and FSDD, nested folders) of which one is a truncated WAV."""
+    root = tmp_path_factory.mktemp("hundred")
+    esc = sorted((DATA / "esc50" / "audio").glob("*.wav"))[:60]
+    fsdd = sorted((DATA / "fsdd" / "recordings").glob("*.wav"))[:39]
+    for i, f in enumerate(esc + fsdd):
+        sub = root / ("esc" if i < 60 else "digits" / __import__("pathlib").Path(f"s{i % 3}"))
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, sub / f.name)
+    (root / "notes.txt").write_text("not audio, and not an audio file name: ignored by folder expansion")
+    bad = root / "esc" / "broken.wav"
+    bad.write_bytes(esc[0].read_bytes()[:3000])
+    return root
+
+
+def test_folder_of_100_with_one_bad_file(folder_with_one_bad):
+    out = earshot("predict", str(folder_with_one_bad), "--format", "jsonl", "-k", "3")
+    assert out.returncode == 1, out.stderr
+    rows = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    assert len(rows) == 100
+    failed = [r for r in rows if r["error"]]
+    assert len(failed) == 1 and failed[0]["title"].endswith("broken.wav")
+    assert failed[0]["labels"] == [] and failed[0]["error"]["type"] == "AudioError"
+    assert "broken.wav" in failed[0]["error"]["message"]
+    ok = [r for r in rows if not r["error"]]
+    assert all(len(r["labels"]) == 3 and len(r["labels_info"]) == 3 for r in ok)
+    assert sum(r["labels"][0] == "Speech" for r in ok if "digits" in r["title"]) >= 30
+    assert b"1 of 100 inputs failed" in out.stderr
+
+
+def test_single_file_json_and_exit_zero():
+    out = earshot("predict", str(esc50_clip("dog", 0)), "--top-k", "5")
+    assert out.returncode == 0, out.stderr
+    p = json.loads(out.stdout)
+    assert set(p) >= {"title", "labels", "probabilities", "labels_info", "model", "duration", "error"}
+    assert p["error"] is None and p["model"] == "mn04-as"
+    assert {"Dog", "Bark"} & set(p["labels"][:3])
+    assert p["probabilities"] == sorted(p["probabilities"], reverse=True)
+
+
+def test_csv_glob_stdin_and_output_file(tmp_path):
+    pattern = str(DATA / "esc50" / "audio" / "1-1*-A-0.wav")
+    target = tmp_path / "out.csv"
+    out = earshot("predict", pattern, "-f", "csv", "-k", "2", "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert rows and all(r["rank"] in ("1", "2") for r in rows)
+    piped = earshot("predict", "-", stdin=esc50_clip("rooster", 0).read_bytes())
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["labels"]
+
+
+def test_timeline_cli():
+    out = earshot("predict", str(esc50_clip("dog", 0)), "--timeline", "--window", "1", "--hop", "0.5")
+    assert out.returncode == 0, out.stderr
+    p = json.loads(out.stdout)
+    assert len(p["segments"]) == 9 and p["segments"][0]["start"] == 0.0
+    assert all({"label", "label_id", "start", "end", "score"} <= set(e) for e in p["events"])
+
+
+def test_missing_input_and_unknown_model():
+    out = earshot("predict", "/nonexistent/a.wav")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["error"]["reason"] == "not_found"
+    bad = earshot("predict", str(esc50_clip("dog", 0)), "--model", "no-such-model")
+    assert bad.returncode == 2 and b"no-such-model: not a registry model" in bad.stderr
+
+
+def test_models_list_and_info():
+    out = earshot("models", "list", "--format", "json")
+    assert out.returncode == 0
+    assert any(r["name"] == "mn04-as" and r["pulled"] for r in json.loads(out.stdout))
+    info = json.loads(earshot("models", "info", "mn04-as").stdout)
+    assert info["sample_rate"] == 32000 and info["onnx_check"]["max_abs_score_diff"] <= 1e-4
