@@ -65,9 +65,7 @@ async def load(base: str, data: list[bytes], clients: int, seconds: float) -> di
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
-                    r = await c.post(
-                        "/v1/predict", content=data[k % len(data)], params={"title": f"clip{k}.wav"}
-                    )
+                    r = await c.post("/v1/predict", content=data[k % len(data)], params={"title": f"clip{k}.wav"})
                     lat.setdefault(r.status_code, []).append(time.perf_counter() - t0)
                 except httpx.HTTPError as e:
                     errors.append(type(e).__name__)
@@ -97,9 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument(
-        "--timeout", type=float, default=10.0, help="server request timeout (EARSHOT_REQUEST_TIMEOUT_S)"
-    )
+    ap.add_argument("--timeout", type=float, default=10.0, help="server request timeout (EARSHOT_REQUEST_TIMEOUT_S)")
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
     port = args.port or free_port()

@@ -70,9 +70,7 @@ def wait_loaded(base: str, key: str | None = None, timeout: float = 120) -> None
 
 def wav_bytes(seconds: float) -> bytes:
     """A WAV of real dog clips from ESC-50 concatenated to about `seconds`."""
-    clips = [
-        sf.read(esc50_clip("dog", i), dtype="float32")[0] for i in range(max(1, int(np.ceil(seconds / 5))))
-    ]
+    clips = [sf.read(esc50_clip("dog", i), dtype="float32")[0] for i in range(max(1, int(np.ceil(seconds / 5))))]
     buf = io.BytesIO()
     sf.write(buf, np.concatenate(clips), 16000, format="WAV", subtype="PCM_16")
     return buf.getvalue()
@@ -91,9 +89,7 @@ def samples(tmp_path_factory) -> Path:
     for cat in ("dog", "rooster", "rain"):
         shutil.copy(esc50_clip(cat), root / f"{cat}.wav")
     (root / "notes.txt").write_text("not audio")
-    (root / "outside.wav").symlink_to(
-        esc50_clip("crow")
-    )  # a link out of the root is neither listed nor served
+    (root / "outside.wav").symlink_to(esc50_clip("crow"))  # a link out of the root is neither listed nor served
     return root
 
 
@@ -113,9 +109,7 @@ DOG = esc50_clip("dog")
 
 
 def test_predict_multipart_and_raw(client):
-    r = client.post(
-        "/v1/predict", files={"file": (DOG.name, DOG.read_bytes(), "audio/wav")}, params={"top_k": 3}
-    )
+    r = client.post("/v1/predict", files={"file": (DOG.name, DOG.read_bytes(), "audio/wav")}, params={"top_k": 3})
     assert r.status_code == 200, r.text
     p = r.json()
     assert p["title"] == DOG.name and p["model"] == "mn04-as" and p["error"] is None
@@ -222,9 +216,7 @@ def test_health_metrics_docs_page(client):
     assert "earshot_http_in_flight 1" in text  # the scrape itself
     assert 'earshot_errors_total{route="/v1/predict",type="AudioError"}' in text
     spec = client.get("/openapi.json").json()
-    assert {"/v1/predict", "/v1/models", "/v1/models/{name}", "/v1/train", "/v1/jobs/{job_id}"} <= set(
-        spec["paths"]
-    )
+    assert {"/v1/predict", "/v1/models", "/v1/models/{name}", "/v1/train", "/v1/jobs/{job_id}"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "earshot" in page.text
@@ -376,9 +368,7 @@ def test_jobs_survive_restart_and_failures_end_failed(tmp_path):
 def test_train_job_end_to_end(tmp_path):
     with running_server(tmp_path) as base, httpx.Client(base_url=base, timeout=60) as c:
         assert "dogs-vs-roosters" not in {m["name"] for m in c.get("/v1/models").json()["models"]}
-        r = c.post(
-            "/v1/train", files={"file": ("animals.zip", class_zip(8))}, data={"name": "dogs-vs-roosters"}
-        )
+        r = c.post("/v1/train", files={"file": ("animals.zip", class_zip(8))}, data={"name": "dogs-vs-roosters"})
         assert r.status_code == 202, r.text
         assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
         job = wait_job(c, r.json()["id"], timeout=180)

@@ -92,6 +92,7 @@ def test_bad_upload_shows_error(page, tmp_path):
 
 
 def test_gallery_and_dark_mode(page, site):
+    page.wait_for_selector("#gallery-list .chip")
     chips = page.locator("#gallery-list .chip")
     assert chips.all_inner_texts() == ["church_bells", "rooster"]
     chips.nth(1).click()
@@ -99,9 +100,7 @@ def test_gallery_and_dark_mode(page, site):
         "document.querySelector('#result-title').textContent === 'rooster.wav'"
         " && document.querySelectorAll('#chart .bar-row').length > 0"
     )
-    api = httpx.post(
-        site + "/v1/predict", params={"timeline": "true"}, content=esc50_clip("rooster").read_bytes()
-    )
+    api = httpx.post(site + "/v1/predict", params={"timeline": "true"}, content=esc50_clip("rooster").read_bytes())
     assert page.locator("#chart .bar-label").all_inner_texts() == api.json()["labels"]
     page.click("#theme-btn")
     page.set_viewport_size({"width": 420, "height": 900})  # responsive: one column
@@ -133,9 +132,7 @@ def test_training_view_end_to_end(page, tmp_path):
     page.fill("#train-name", "web-animals")
     page.click("#train-submit")
     page.wait_for_selector("#job-status.succeeded, #job-status.failed", timeout=180_000)
-    assert page.locator("#job-status").inner_text().lower() == "succeeded", page.locator(
-        "#job-error"
-    ).inner_text()
+    assert page.locator("#job-status").inner_text().lower() == "succeeded", page.locator("#job-error").inner_text()
     page.click("#job-use")
     assert page.locator("#model-select").input_value() == "web-animals"
     page.set_input_files("#file-input", str(esc50_clip("rooster", 9)))

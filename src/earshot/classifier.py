@@ -13,9 +13,11 @@ somewhere") or mean (single-label).
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -56,11 +58,16 @@ class Classifier:
         thresholds = card.get("thresholds")
         default = DEFAULT_THRESHOLD_MULTI if self.multi_label else DEFAULT_THRESHOLD_SINGLE
         self.thresholds = np.asarray(thresholds if thresholds else [default] * len(self.labels), dtype=np.float32)
+        self._lock = threading.Lock()
+        self._st_session: ort.InferenceSession | None = None
+        self.session = self._session(threads or os.cpu_count() or 1)
+
+    def _session(self, threads: int) -> ort.InferenceSession:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(self.bundle.model_path), opts, providers=["CPUExecutionProvider"])
 
     @classmethod
     def load(cls, model: str | os.PathLike = "mn04-as", **options: Any) -> Classifier:
@@ -72,9 +79,10 @@ class Classifier:
         return f"Classifier({self.name!r}, {len(self.labels)} labels, {self.sample_rate} Hz)"
 
     # ----------------------------------------------------------------------------------------- model calls
-    def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
+    def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",), session=None) -> list[np.ndarray]:
         """Raw model outputs for a batch of equal-length waveforms [batch, samples] at the model rate."""
-        return self.session.run(list(outputs), {"waveform": np.ascontiguousarray(waveforms, dtype=np.float32)})
+        x = np.ascontiguousarray(waveforms, dtype=np.float32)
+        return (session or self.session).run(list(outputs), {"waveform": x})
 
     def _fit(self, y: np.ndarray) -> np.ndarray:
         """Pad clips shorter than min_seconds with trailing silence up to that length."""
@@ -95,10 +103,10 @@ class Classifier:
         parts = [self.run(frames[i : i + self.batch_size], outputs) for i in range(0, len(frames), self.batch_size)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
-    def clip_scores(self, y: np.ndarray) -> np.ndarray:
+    def clip_scores(self, y: np.ndarray, session=None) -> np.ndarray:
         """Scores [classes] for one decoded clip, following the length policy."""
         if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
-            return self.run(self._fit(y)[None])[0][0]
+            return self.run(self._fit(y)[None], session=session)[0][0]
         _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
         scores = self._batched(frames)[0]
         return scores.max(axis=0) if self.multi_label else scores.mean(axis=0)
@@ -117,13 +125,14 @@ class Classifier:
         hop: float | None = None,
         threshold: float | None = None,
         title: str | None = None,
+        session: ort.InferenceSession | None = None,
     ) -> Prediction:
         """Top labels for one input (raises AudioError on bad input). With `timeline`, adds segments and events."""
         title = title or source_title(source)
         if timeline:
             return self.timeline(source, window=window or 1.0, hop=hop, threshold=threshold, top_k=top_k, title=title)
         y = self.decode(source, title)
-        return self._prediction(title, self.clip_scores(y), len(y) / self.sample_rate, top_k, threshold)
+        return self._prediction(title, self.clip_scores(y, session), len(y) / self.sample_rate, top_k, threshold)
 
     def predict_many(
         self,
@@ -138,69 +147,34 @@ class Classifier:
     ) -> Iterator[Prediction]:
         """Predictions in input order; a bad input yields its failure object instead of raising.
 
-        Decoding runs ahead on a thread pool; clips of equal length are batched into one model call.
+        Inputs are decoded and classified on `workers` threads (default: one per core), each model call on a
+        single-threaded session: for one clip at a time that beats both batching and intra-op threads on CPU.
         """
-        if timeline:
-            for s in sources:
-                yield self._safe(s, lambda s=s: self.predict(s, top_k=top_k, timeline=True, window=window, hop=hop,
-                                                            threshold=threshold))
-            return
-        workers = workers or min(4, os.cpu_count() or 1)
-        pending: deque[tuple[str, Future]] = deque()
+        workers = workers or os.cpu_count() or 1
+        session = self._single_thread_session() if workers > 1 else self.session
+
+        def one(s: Source) -> Prediction:
+            try:
+                return self.predict(s, top_k=top_k, timeline=timeline, window=window, hop=hop, threshold=threshold,
+                                    session=session)
+            except Exception as e:  # noqa: BLE001 - every input ends with a result or an error record
+                return Prediction.failure(source_title(s), e, self.name)
+
         it = iter(sources)
         with ThreadPoolExecutor(workers) as pool:
-
-            def fill() -> None:
-                while len(pending) < 2 * self.batch_size:
-                    try:
-                        s = next(it)
-                    except StopIteration:
-                        return
-                    t = source_title(s)
-                    pending.append((t, pool.submit(self.decode, s, t)))
-
-            fill()
+            pending: deque[Future] = deque(pool.submit(one, s) for s in islice(it, 2 * workers))
             while pending:
-                group: list[tuple[str, np.ndarray]] = []
-                failed: Prediction | None = None
-                while pending and len(group) < self.batch_size:
-                    title, fut = pending[0]
-                    try:
-                        y = fut.result()
-                    except Exception as e:  # noqa: BLE001 - every input ends with a result or an error record
-                        if group:
-                            break
-                        pending.popleft()
-                        failed = Prediction.failure(title, e, self.name)
-                        break
-                    if group and (len(y) != len(group[0][1]) or len(y) > self.window_seconds * self.sample_rate):
-                        break
-                    pending.popleft()
-                    group.append((title, y))
-                    if len(y) > self.window_seconds * self.sample_rate:
-                        break
-                    fill()
-                fill()
-                if failed is not None:
-                    yield failed
-                    continue
-                yield from self._predict_group(group, top_k, threshold)
+                result = pending.popleft().result()
+                for s in islice(it, 1):
+                    pending.append(pool.submit(one, s))
+                yield result
 
-    def _predict_group(self, group: list[tuple[str, np.ndarray]], top_k: int, threshold: float | None):
-        try:
-            if len(group) == 1:
-                scores = [self.clip_scores(group[0][1])]
-            else:
-                scores = list(self.run(np.stack([self._fit(y) for _, y in group]))[0])
-        except Exception as e:  # noqa: BLE001
-            return [Prediction.failure(t, e, self.name) for t, _ in group]
-        return [self._prediction(t, s, len(y) / self.sample_rate, top_k, threshold) for (t, y), s in zip(group, scores)]
-
-    def _safe(self, source: Source, fn) -> Prediction:
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001
-            return Prediction.failure(source_title(source), e, self.name)
+    def _single_thread_session(self) -> ort.InferenceSession:
+        if self._st_session is None:
+            with self._lock:
+                if self._st_session is None:
+                    self._st_session = self._session(1)
+        return self._st_session
 
     def timeline(
         self,

@@ -83,7 +83,7 @@ TRAIN_BODY = {
                         "description": "zip or tar of class folders",
                     },
                     "name": {"type": "string"},
-                    "model": {"type": "string", "enum": ["transfer", "cnn"]},
+                    "model": {"type": "string", "enum": ["auto", "transfer", "cnn"]},
                     "backbone": {"type": "string"},
                     "epochs": {"type": "integer"},
                     "seed": {"type": "integer"},
@@ -118,9 +118,7 @@ TRAIN_OPTIONS: dict[str, Callable[[str], Any]] = {
 class ApiError(Exception):
     """An HTTP error, answered in the failure shape {"labels": [], "error": {type, reason, message}}."""
 
-    def __init__(
-        self, status: int, type_: str, reason: str, message: str, headers: dict | None = None
-    ) -> None:
+    def __init__(self, status: int, type_: str, reason: str, message: str, headers: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.type, self.reason, self.message, self.headers = (
             status,
@@ -219,9 +217,7 @@ class EarshotMiddleware:
             if needs_key and method != "OPTIONS" and not self._authorized(scope):
                 resp = error_response(
                     401,
-                    error_body(
-                        "AuthError", "unauthorized", "missing or invalid API key (X-API-Key or Bearer)"
-                    ),
+                    error_body("AuthError", "unauthorized", "missing or invalid API key (X-API-Key or Bearer)"),
                     {"www-authenticate": "Bearer"},
                 )
                 return await resp(scope, receive, send_wrapper)
@@ -232,9 +228,7 @@ class EarshotMiddleware:
             if length is not None and length.isdigit() and int(length) > cap:
                 if headers.get(b"expect", b"").lower() != b"100-continue" and int(length) <= DRAIN_LIMIT:
                     await _drain(receive)
-                return await error_response(413, too_big, {"connection": "close"})(
-                    scope, receive, send_wrapper
-                )
+                return await error_response(413, too_big, {"connection": "close"})(scope, receive, send_wrapper)
             seen = 0
 
             async def limited_receive():
@@ -355,9 +349,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.gauge("earshot_inference_slots", "Admission limit (running + queue).", lambda: limiter.limit)
     metrics.gauge("earshot_models_loaded", "Models loaded in this process.", lambda: len(store.loaded()))
     for status in ("queued", "running", "succeeded", "failed"):
-        metrics.gauge(
-            f"earshot_jobs_{status}", f"Training jobs {status}.", lambda s=status: jobs.counts().get(s, 0)
-        )
+        metrics.gauge(f"earshot_jobs_{status}", f"Training jobs {status}.", lambda s=status: jobs.counts().get(s, 0))
 
     plain_paths: set[str] = set()
 
@@ -466,9 +458,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         window: float | None = Query(None, gt=0, le=600),
         hop: float | None = Query(None, gt=0, le=600),
         threshold: float | None = Query(None, ge=0, le=1),
-        spectrogram: bool = Query(
-            False, description="add `spectrogram`: the model's log-mel as a PNG data URL"
-        ),
+        spectrogram: bool = Query(False, description="add `spectrogram`: the model's log-mel as a PNG data URL"),
         title: str | None = Query(None, description="name to report for a raw-body upload"),
     ):
         def work(clf, data: bytes, name: str):
@@ -648,8 +638,8 @@ def _train_options(fields: dict[str, Any]) -> dict[str, Any]:
             options[key] = conv(raw)
         except ValueError as e:
             raise ApiError(422, "RequestError", "invalid_request", f"{key}: {e}") from e
-    if "model" in options and options["model"] not in ("transfer", "cnn"):
-        raise ApiError(422, "RequestError", "invalid_request", "model: expected transfer or cnn")
+    if "model" in options and options["model"] not in ("auto", "transfer", "cnn"):
+        raise ApiError(422, "RequestError", "invalid_request", "model: expected auto, transfer or cnn")
     if "epochs" in options and not 1 <= options["epochs"] <= 1000:
         raise ApiError(422, "RequestError", "invalid_request", "epochs: expected 1..1000")
     return options
@@ -677,9 +667,7 @@ def _allowed_path(raw: str | None, roots: list[Path]) -> Path:
     if not raw:
         raise ApiError(400, "RequestError", "no_data", "send a zip/tar `file`, or a JSON body with `path`")
     if not roots:
-        raise ApiError(
-            403, "RequestError", "forbidden", "server-side paths are disabled (EARSHOT_TRAIN_ROOTS)"
-        )
+        raise ApiError(403, "RequestError", "forbidden", "server-side paths are disabled (EARSHOT_TRAIN_ROOTS)")
     path = Path(raw).expanduser().resolve()
     if not any(path.is_relative_to(r) for r in roots):
         raise ApiError(403, "RequestError", "forbidden", "path is outside the allowed training roots")

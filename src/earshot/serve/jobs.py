@@ -63,14 +63,11 @@ class JobStore:
         job["error"] = json.loads(job["error"]) if job["error"] else None
         return job
 
-    def create(
-        self, name: str, data: str, data_source: str, options: dict, job_id: str | None = None
-    ) -> dict:
+    def create(self, name: str, data: str, data_source: str, options: dict, job_id: str | None = None) -> dict:
         job_id = job_id or uuid.uuid4().hex
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, status, name, data, data_source, options, created_at)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO jobs (id, status, name, data, data_source, options, created_at) VALUES (?,?,?,?,?,?,?)",
                 (job_id, "queued", name, data, data_source, json.dumps(options), time.time()),
             )
         return self.get(job_id)
@@ -82,9 +79,7 @@ class JobStore:
 
     def list(self, limit: int = 50) -> list[dict]:
         with self._lock:
-            cur = self._db.execute(
-                f"SELECT {','.join(COLUMNS)} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
-            )
+            cur = self._db.execute(f"SELECT {','.join(COLUMNS)} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
             return [self._row(r) for r in cur.fetchall()]
 
     def update(self, job_id: str, **fields: Any) -> None:
@@ -164,8 +159,7 @@ class JobRunner:
         self.timeout_s = timeout_s
         self._q: queue.Queue[str | None] = queue.Queue()
         self._threads = [
-            threading.Thread(target=self._loop, name=f"earshot-train-{i}", daemon=True)
-            for i in range(max(1, workers))
+            threading.Thread(target=self._loop, name=f"earshot-train-{i}", daemon=True) for i in range(max(1, workers))
         ]
         self._procs: dict[str, subprocess.Popen] = {}
         self._stopping = False
@@ -281,9 +275,7 @@ class JobRunner:
                     },
                 )
             os.replace(bundle, final)  # atomic: the model shows up complete or not at all
-            self.store.update(
-                job_id, status="succeeded", finished_at=time.time(), model=name, bundle=str(final)
-            )
+            self.store.update(job_id, status="succeeded", finished_at=time.time(), model=name, bundle=str(final))
         finally:
             shutil.rmtree(staging.parent, ignore_errors=True)
             if job["data_source"] == "upload":

@@ -73,16 +73,13 @@ class Metrics:
                 for le, c in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
                     cum += c
                     out.append(
-                        f"earshot_http_request_duration_seconds_bucket{_labels(('route', 'le'), (route, le))}"
-                        f" {cum}"
+                        f"earshot_http_request_duration_seconds_bucket{_labels(('route', 'le'), (route, le))} {cum}"
                     )
                 out.append(
                     f"earshot_http_request_duration_seconds_sum{_labels(('route',), (route,))} "
                     f"{self.hist_sum[route]:.6f}"
                 )
-                out.append(
-                    f"earshot_http_request_duration_seconds_count{_labels(('route',), (route,))} {cum}"
-                )
+                out.append(f"earshot_http_request_duration_seconds_count{_labels(('route',), (route,))} {cum}")
             out += [
                 "# HELP earshot_errors_total Error responses by route and error type.",
                 "# TYPE earshot_errors_total counter",

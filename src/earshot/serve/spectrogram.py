@@ -12,11 +12,7 @@ import numpy as np
 _ANCHORS = ["440154", "472d7b", "3b528b", "2c728e", "21918c", "28ae80", "5ec962", "addc30", "fde725"]
 _A = np.array([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS], dtype=np.float64)
 _X = np.linspace(0.0, 1.0, len(_ANCHORS))
-LUT = (
-    np.stack([np.interp(np.linspace(0, 1, 256), _X, _A[:, c]) for c in range(3)], axis=1)
-    .round()
-    .astype(np.uint8)
-)
+LUT = np.stack([np.interp(np.linspace(0, 1, 256), _X, _A[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -24,17 +20,10 @@ def _png(rgb: np.ndarray) -> bytes:
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def render_png(logmel: np.ndarray, max_width: int = 1600) -> bytes:

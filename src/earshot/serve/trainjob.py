@@ -23,6 +23,7 @@ def main(spec_path: str) -> int:
         import earshot
 
         options = dict(spec.get("options") or {})
+        options.setdefault("name", spec.get("name"))  # the card's name = the model's name in /v1/models
         params = inspect.signature(earshot.train).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             dropped = sorted(set(options) - set(params))

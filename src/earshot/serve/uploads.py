@@ -123,9 +123,7 @@ def extract_archive(archive: Path, dest: Path, *, max_bytes: int, max_files: int
                     if parts is None or info.is_dir():
                         continue
                     if mode and not (stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0):
-                        raise DataError(
-                            f"link or special file in archive: {info.filename!r}", reason="unsafe_archive"
-                        )
+                        raise DataError(f"link or special file in archive: {info.filename!r}", reason="unsafe_archive")
                     with z.open(info) as src:
                         _copy(src, dest.joinpath(*parts), budget)
         elif kind == "tar":
@@ -135,16 +133,12 @@ def extract_archive(archive: Path, dest: Path, *, max_bytes: int, max_files: int
                     if parts is None or m.isdir():
                         continue
                     if not m.isreg():
-                        raise DataError(
-                            f"link or special file in archive: {m.name!r}", reason="unsafe_archive"
-                        )
+                        raise DataError(f"link or special file in archive: {m.name!r}", reason="unsafe_archive")
                     src = t.extractfile(m)
                     if src is not None:
                         _copy(src, dest.joinpath(*parts), budget)
         else:
-            raise DataError(
-                "not a zip or tar archive (content checked, not the file name)", reason="unsupported"
-            )
+            raise DataError("not a zip or tar archive (content checked, not the file name)", reason="unsupported")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, ValueError) as e:
         raise DataError(f"corrupt archive: {e}", reason="corrupt") from e
     root = dest

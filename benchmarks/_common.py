@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts: shared-data paths, test corpora, child-process RSS."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EARSHOT_SHARED", ROOT.parent / "shared")).resolve()
+DATA = SHARED / "data"
+os.environ.setdefault("EARSHOT_MODEL_MIRROR", str(SHARED / "weights"))
+os.environ.setdefault("EARSHOT_HOME", str(ROOT / ".cache" / "earshot"))
+
+
+def ten_second_wavs(folder: Path, n: int) -> list[Path]:
+    """n 10 s WAV files (16 kHz, as ESC-50 ships) made by joining pairs of real ESC-50 clips."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = sorted((DATA / "esc50" / "audio").glob("*.wav"))
+    out = []
+    for i in range(n):
+        p = folder / f"clip{i:04d}.wav"
+        if not p.exists():
+            a, sr = sf.read(clips[(2 * i) % len(clips)], dtype="float32")
+            b, _ = sf.read(clips[(2 * i + 1) % len(clips)], dtype="float32")
+            sf.write(p, np.concatenate([a, b]), sr, subtype="PCM_16")
+        out.append(p)
+    return out
+
+
+def run_child(args: list[str], **kw) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall seconds and peak RSS (MB) of a child process (call before the parent grows: ru_maxrss of a child
+    starts from the parent's size at fork)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t
+    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
+    rss = (usage or resource.getrusage(resource.RUSAGE_CHILDREN)).ru_maxrss / 1024
+    return wall, rss, subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def child_peak_rss(code: str) -> tuple[float, str]:
+    """Peak RSS (MB) of `python -c code` read by the child at exit (VmHWM: not inherited across fork+exec
+    as ru_maxrss is), and what it printed."""
+    wrapped = code + (
+        "\nimport re\nhwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)"
+        "\nprint('RSS', int(hwm) / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    return float(lines[-1].split()[1]), "\n".join(lines[:-1])
