@@ -42,7 +42,7 @@ class MotoServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> MotoServer:
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        out = self.log.open("ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, **S3_ENV}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -71,8 +71,8 @@ class MotoServer:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
+@pytest.fixture(name="s3")
+def s3_fixture(tmp_path, monkeypatch):
     """A fresh moto server with bucket `earshot` (credentials/endpoint exported to the environment)."""
     for k, v in S3_ENV.items():
         monkeypatch.setenv(k, v)

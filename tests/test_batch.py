@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from s3server import build_corpus, list_results, s3, upload_folder  # noqa: F401
+from s3server import build_corpus, list_results, upload_folder
+from s3server import s3_fixture  # noqa: F401  (provides the `s3` fixture)
 
 from earshot.batch import RAY_HINT, batch
 from earshot.ledger import SQLiteLedger

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from earshot.classifier import Classifier
 from earshot.errors import AudioError
 from earshot.stream import EventTracker, run, stream
 from tests.conftest import DATA, esc50_clip
@@ -221,21 +220,27 @@ def test_microphone_needs_sounddevice(tagger):
         stream("mic:0", model=tagger)
 
 
-def test_event_tracker_is_the_timeline_rule():
-    """Incremental tracking gives exactly the events of Classifier._events (batch), both model kinds."""
-    rng = np.random.default_rng(0)
-    labels = [f"l{i}" for i in range(6)]
-    scores = rng.random((80, 6)).astype(np.float32) ** 3
-    begin = np.arange(80) * 0.5
+def test_event_tracker_rule_threshold_hysteresis_min_duration():
+    """On at >= threshold, stays on while >= half of it, kept when long enough; single-label: winners only."""
+    labels = ["a", "b"]
+    s = np.array([[0.1, 0.0], [0.35, 0.0], [0.2, 0.0], [0.16, 0.0], [0.1, 0.0], [0.5, 0.0], [0.5, 0.6], [0.0, 0.0]],
+                 dtype=np.float32)
+    begin = np.arange(len(s)) * 0.5
     end = begin + 1.0
-    for multi in (True, False):
-        fake = SimpleNamespace(labels=labels, label_ids=[None] * 6, multi_label=multi,
-                               thresholds=np.full(6, 0.3, np.float32))
-        for threshold, min_duration in ((None, 0.0), (0.4, 1.5), (0.2, 0.0)):
-            batch = Classifier._events(fake, scores, begin, end, threshold, min_duration)
-            tracker = EventTracker.for_classifier(fake, threshold, min_duration)
-            assert tracker.events(scores, begin, end) == batch
-            assert batch  # the case is not vacuous
+    multi = SimpleNamespace(labels=labels, label_ids=["/m/a", None], multi_label=True,
+                            thresholds=np.full(2, 0.3, np.float32))
+    events = EventTracker.for_classifier(multi).events(s, begin, end)
+    assert [(e.label, e.start, e.end, e.score) for e in events] == [
+        ("a", 0.5, 2.5, 0.35), ("a", 2.5, 4.0, 0.5), ("b", 3.0, 4.0, 0.6)]
+    assert events[0].label_id == "/m/a"
+    long_only = EventTracker.for_classifier(multi, min_duration=1.5).events(s, begin, end)
+    assert [(e.label, e.start) for e in long_only] == [("a", 0.5), ("a", 2.5)]
+    single = SimpleNamespace(**{**vars(multi), "multi_label": False})
+    winners = EventTracker.for_classifier(single, threshold=0.3).events(s, begin, end)
+    assert [(e.label, e.start, e.end) for e in winners] == [("a", 0.5, 2.5), ("a", 2.5, 3.5), ("b", 3.0, 4.0)]
+    tracker = EventTracker.for_classifier(multi)  # incremental: the same events, in closing order
+    closed = [e for row, b, e_ in zip(s, begin, end) for e in tracker.update(row, b, e_)[1]] + tracker.flush()
+    assert sorted(closed, key=lambda e: (e.start, -e.score)) == events
 
 
 def test_live_pipe_is_classified_while_it_is_still_being_written(keywords):

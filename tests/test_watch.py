@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from s3server import MotoServer, build_corpus, free_port, list_results, s3, upload_folder  # noqa: F401
+from s3server import build_corpus, free_port, list_results, upload_folder
+from s3server import s3_fixture  # noqa: F401  (provides the `s3` fixture)
 
 from earshot.errors import StorageError
 from earshot.ledger import SQLiteLedger, backoff_delay
@@ -314,7 +315,7 @@ def test_kill9_five_times_then_complete(tmp_path, shared_data):
     kinds = build_corpus(src, 120, seed=3)
     rng = random.Random(7)
     kills = 0
-    log = open(tmp_path / "watch.log", "ab")
+    log = (tmp_path / "watch.log").open("ab")  # noqa: SIM115 - shared by the subprocesses below
     while kills < 5:
         n0 = sum(1 for _ in out.rglob("*.json")) if out.exists() else 0
         p = subprocess.Popen(watcher_cmd(src, out, led, "--poll", 0.3, "--lease", 30, "--max-attempts", 10),
@@ -349,7 +350,7 @@ def test_two_processes_share_one_ledger(corpus200, tmp_path, s3):
     led = tmp_path / "l.sqlite"
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     procs = [subprocess.Popen(watcher_cmd("s3://earshot/in/", "s3://earshot/out/", led, "--once", "--workers", 2),
-                              stdout=subprocess.DEVNULL, stderr=open(lg, "wb")) for lg in logs]
+                              stdout=subprocess.DEVNULL, stderr=lg.open("wb")) for lg in logs]  # noqa: SIM115
     for p in procs:
         assert p.wait(180) == 0
     per_proc = []
@@ -372,12 +373,12 @@ def test_s3_server_killed_and_restarted(tmp_path, s3, shared_data):
     src = tmp_path / "src"
     kinds = build_corpus(src, 80, seed=5)
     keys = sorted(kinds)
-    first, second = keys[:50], keys[50:]
+    first = keys[:50]
     c = s3.client()
     for k in first:
         c.put_object(Bucket="earshot", Key="in/" + k, Body=(src / k).read_bytes())
     out, led = tmp_path / "out", tmp_path / "l.sqlite"
-    log = open(tmp_path / "watch.log", "wb")
+    log = (tmp_path / "watch.log").open("wb")  # noqa: SIM115 - the watcher subprocess writes it
     p = subprocess.Popen(watcher_cmd("s3://earshot/in/", out, led, "--poll", 0.5, "--backoff", 0.2), stdout=log,
                          stderr=log)
     try:

@@ -134,7 +134,8 @@ def test_training_view_end_to_end(page, tmp_path):
     page.wait_for_selector("#job-status.succeeded, #job-status.failed", timeout=180_000)
     assert page.locator("#job-status").inner_text().lower() == "succeeded", page.locator("#job-error").inner_text()
     page.click("#job-use")
-    assert page.locator("#model-select").input_value() == "web-animals"
+    page.wait_for_function("document.querySelector('#model-select').value === 'web-animals'")
+    assert page.locator("#view-classify").is_visible()
     page.set_input_files("#file-input", str(esc50_clip("rooster", 9)))
     page.wait_for_function("document.querySelector('#chart .bar-label')?.textContent === 'rooster'")
     page.screenshot(path=str(ARTIFACTS / "web_trained.png"), full_page=True)

@@ -26,7 +26,8 @@ import onnxruntime as ort
 from earshot import audio
 from earshot.bundle import Bundle, read_bundle
 from earshot.errors import AudioError
-from earshot.prediction import Event, Prediction, Segment
+from earshot.events import EventTracker
+from earshot.prediction import Prediction, Segment
 
 Source = str | os.PathLike | bytes | BinaryIO
 
@@ -225,33 +226,8 @@ class Classifier:
             idx = np.argsort(-s)[:top_k]
             pred.segments.append(Segment(round(float(b), 3), round(float(e), 3), [self.labels[i] for i in idx],
                                          [round(float(s[i]), 4) for i in idx]))
-        pred.events = self._events(scores, begin, end, threshold, min_duration)
+        pred.events = EventTracker.for_classifier(self, threshold, min_duration).events(scores, begin, end)
         return pred
-
-    def _events(self, scores, begin, end, threshold: float | None, min_duration: float) -> list[Event]:
-        """Per-label events: start when a window crosses the threshold, continue while above half of it."""
-        on = np.full(scores.shape[1], threshold, dtype=np.float32) if threshold is not None else self.thresholds
-        if not self.multi_label:  # one label per window: the winner, if confident
-            winner = scores.argmax(axis=1)
-            mask = np.zeros_like(scores, dtype=bool)
-            mask[np.arange(len(scores)), winner] = True
-            scores = np.where(mask, scores, 0.0)
-        off = on * 0.5
-        events: list[Event] = []
-        for j in np.nonzero((scores >= on).any(axis=0))[0]:
-            s, active, first, peak = scores[:, j], False, 0, 0.0
-            for i in range(len(s) + 1):
-                v = s[i] if i < len(s) else -1.0
-                if not active and v >= on[j]:
-                    active, first, peak = True, i, v
-                elif active and v >= off[j]:
-                    peak = max(peak, v)
-                elif active:
-                    active = False
-                    if end[i - 1] - begin[first] >= min_duration:
-                        events.append(Event(self.labels[j], self.label_ids[j], round(float(begin[first]), 3),
-                                            round(float(end[i - 1]), 3), round(float(peak), 4)))
-        return sorted(events, key=lambda e: (e.start, -e.score))
 
     def embed(self, source: Source, title: str | None = None) -> np.ndarray:
         """The clip embedding (mean over windows for audio longer than 1.5 windows)."""

@@ -364,6 +364,34 @@ def batch(
         raise typer.Exit(1)
 
 
+@app.command()
+def stream(
+    source: Annotated[str, typer.Argument(help="- (stdin), a file, mic[:N], or a URL with --allow-url.")],
+    model: Model = "mn04-as",
+    window: Annotated[float, typer.Option(help="Seconds of audio per analysis.")] = 1.0,
+    hop: Annotated[float, typer.Option(help="Seconds between analyses (latency).")] = 0.5,
+    threshold: Annotated[float | None, typer.Option(help="Event threshold (default: card thresholds).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
+    min_duration: Annotated[float, typer.Option(help="Shortest event reported, seconds.")] = 0.0,
+    realtime: Annotated[bool, typer.Option(help="Pace a file at real time, as a live feed.")] = False,
+    allow_url: Annotated[bool, typer.Option("--allow-url", help="Permit http(s)/rtsp/rtmp sources.")] = False,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this much audio.")] = None,
+    raw_format: Annotated[str | None, typer.Option(help="Raw PCM on stdin: u8, s16le, s24le, s32le, f32le, f64le.")]
+    = None,
+    rate: Annotated[int | None, typer.Option(help="Sample rate of raw PCM.")] = None,
+    channels: Annotated[int, typer.Option(help="Channels of raw PCM.")] = 1,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or text.")] = "jsonl",
+    output: Annotated[str | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """Classify a live stream continuously: one JSON line per window, events as they close, a summary."""
+    from earshot.stream import run as run_stream
+
+    code = run_stream(source, fmt=fmt, output=output, model=model, window=window, hop=hop, threshold=threshold,
+                      top_k=top_k, min_duration=min_duration, realtime=realtime, allow_urls=allow_url,
+                      max_seconds=max_seconds, raw_format=raw_format, rate=rate, channels=channels)
+    raise typer.Exit(code)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

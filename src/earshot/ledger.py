@@ -132,8 +132,8 @@ class Ledger(ABC):
     def status(self, source: str | None = None, sink: str | None = None) -> dict:
         ...
 
-    def close(self) -> None:  # pragma: no cover - trivial
-        pass
+    def close(self) -> None:  # noqa: B027 - optional for implementations
+        """Release connections."""
 
 
 class SQLiteLedger(Ledger):

@@ -385,9 +385,9 @@ def nested_prefix(src: Store, dst: Store) -> str | None:
             return ""
         if a in b.parents:
             return b.relative_to(a).as_posix() + "/"
-    if isinstance(src, S3Store) and isinstance(dst, S3Store):
-        if src.bucket == dst.bucket and dst.prefix.startswith(src.prefix):
-            return dst.prefix[len(src.prefix) :]
+    if (isinstance(src, S3Store) and isinstance(dst, S3Store) and src.bucket == dst.bucket
+            and dst.prefix.startswith(src.prefix)):
+        return dst.prefix[len(src.prefix) :]
     return None
 
 

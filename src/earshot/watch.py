@@ -565,9 +565,7 @@ def watch(src: str | Store, dst: str | Store, *, model="mn04-as", poll: float = 
                 stop.wait(0.2)
                 continue
             stop.wait(0.25)
-            if inotify:
-                disc.flush_dirty()
-            elif disc._dirty:
+            if inotify or disc._dirty:
                 disc.flush_dirty()
             if time.monotonic() - last_scan >= interval:
                 disc.scan()
