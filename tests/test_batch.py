@@ -10,8 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from s3server import build_corpus, list_results, upload_folder
-from s3server import s3_fixture  # noqa: F401  (provides the `s3` fixture)
+from s3server import (
+    build_corpus,
+    list_results,
+    s3_fixture,  # noqa: F401  (provides the `s3` fixture)
+    upload_folder,
+)
 
 from earshot.batch import RAY_HINT, batch
 from earshot.ledger import SQLiteLedger

@@ -217,7 +217,9 @@ def test_health_metrics_docs_page(client):
     assert 'earshot_errors_total{route="/v1/predict",type="AudioError"}' in text
     spec = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/models", "/v1/models/{name}", "/v1/train", "/v1/jobs/{job_id}"} <= set(spec["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "earshot" in page.text
     for asset in ("/static/app.js", "/static/app.css", "/static/favicon.svg"):

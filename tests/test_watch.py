@@ -17,8 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from s3server import build_corpus, free_port, list_results, upload_folder
-from s3server import s3_fixture  # noqa: F401  (provides the `s3` fixture)
+from s3server import (
+    build_corpus,
+    free_port,
+    list_results,
+    s3_fixture,  # noqa: F401  (provides the `s3` fixture)
+    upload_folder,
+)
 
 from earshot.errors import StorageError
 from earshot.ledger import SQLiteLedger, backoff_delay

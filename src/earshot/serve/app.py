@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -338,6 +338,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         lifespan=lifespan,
         description="Sound classification API: a pretrained AudioSet tagger and custom classifiers.",
+        docs_url=None,
     )
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
     app.state.limiter, app.state.jobs, app.state.runner = limiter, jobs, runner
@@ -616,7 +617,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _offline_docs(app)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs served from the swagger-ui-bundle package files, so the API docs work without a CDN too."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="earshot API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
 
 
 def _version() -> str:

@@ -82,6 +82,7 @@ async function loadModels(select) {
   const sel = $("#model-select");
   const current = select || sel.value || data.default;
   sel.innerHTML = "";
+  state.models = Object.fromEntries(data.models.map((m) => [m.name, m]));
   for (const m of data.models) {
     const opt = document.createElement("option");
     opt.value = m.name;
@@ -132,6 +133,9 @@ async function classify(file) {
     top_k: $("#topk-select").value, timeline: "true", spectrogram: "true",
   });
   if (state.model) params.set("model", state.model);
+  // custom classifiers judge windows as long as they were trained on; the tagger's default is 1 s
+  const info = (state.models || {})[state.model];
+  if (info && info.source === "bundle" && info.window_seconds) params.set("window", info.window_seconds);
   const form = new FormData();
   form.append("file", file, file.name || "recording");
   const t0 = performance.now();
