@@ -109,7 +109,7 @@ def batch(src: str | Store, dst: str, *, model="mn04-as", workers: int = 1, ledg
     bar = _Progress(todo, progress)
     try:
         if todo and engine == "local":
-            clf = load_model(model)
+            clf = load_model(model, workers)
             runner = Runner(src_store, dst_store, clf, led, sink=sink, workers=workers, max_attempts=max_attempts,
                             lease=lease, backoff=backoff, top_k=top_k, store_results=fmt == "jsonl",
                             on_finish=bar.advance)
@@ -154,7 +154,8 @@ class _RayClassify:
         import os
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        self.proc = Processor(src, dst, load_model(model), top_k=top_k, max_attempts=max_attempts)
+        clf = load_model(model, workers=os.cpu_count() or 1)  # one single-threaded session per actor
+        self.proc = Processor(src, dst, clf, top_k=top_k, max_attempts=max_attempts)
         self.max_attempts = max_attempts
 
     def __call__(self, batch: dict) -> dict:

@@ -326,19 +326,21 @@ def watch(
 
     w.configure_logging()
     if status:
-        typer.echo(json.dumps(w.status(ledger or _default_ledger(src, output)), indent=2, default=str))
+        from earshot.ledger import default_ledger_path
+        from earshot.storage import open_store
+
+        if output is None and ledger is None:
+            raise typer.BadParameter("--status needs --output (or --ledger)")
+        source = open_store(src, endpoint_url=endpoint_url).url
+        sink = open_store(output, endpoint_url=endpoint_url).url if output else None
+        led = ledger or default_ledger_path(source, sink)
+        typer.echo(json.dumps(w.status(led, source, sink), indent=2, default=str))
         return
     if output is None:
         raise typer.BadParameter("--output is required")
     result = w.watch(src, output, model=model, poll=poll, workers=workers, ledger=ledger, max_attempts=max_attempts,
                      once=once, endpoint_url=endpoint_url, http=http)
     typer.echo(json.dumps(result, indent=2, default=str))
-
-
-def _default_ledger(src: str, output: str | None):
-    from earshot.ledger import default_ledger_path
-
-    return default_ledger_path(src, output)
 
 
 @app.command()

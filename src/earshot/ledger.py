@@ -452,7 +452,9 @@ def default_ledger_path(source: str, sink: str) -> Path:
     """`$EARSHOT_HOME/ledgers/<hash of source+sink>.sqlite` (EARSHOT_HOME defaults to ~/.cache/earshot)."""
     import hashlib
 
-    home = Path(os.environ.get("EARSHOT_HOME", Path.home() / ".cache" / "earshot")).expanduser()
+    from earshot.models.weights import earshot_home
+
+    home = earshot_home()
     h = hashlib.sha256(f"{source}\n{sink}".encode()).hexdigest()[:16]
     return home / "ledgers" / f"{h}.sqlite"
 

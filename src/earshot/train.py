@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from earshot import __version__
 from earshot.bundle import CARD_FILE, write_json_atomic
 from earshot.data import Manifest, cv_folds, load_manifest
 from earshot.data import split as split_manifest

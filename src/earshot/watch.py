@@ -81,13 +81,19 @@ class Outcome:
     output: str | None = None
 
 
-def load_model(model):
-    """A Classifier from a name/path, or `model` itself when it already is one."""
+def load_model(model, workers: int = 1):
+    """A Classifier from a name/path, or `model` itself when it already is one.
+
+    With several worker threads each model call gets a share of the cores (onnxruntime intra-op threads):
+    concurrent calls on a session that uses every core oversubscribe the CPU.
+    """
     if hasattr(model, "predict"):
         return model
+    import os
+
     import earshot
 
-    return earshot.load(model)
+    return earshot.load(model, threads=max(1, (os.cpu_count() or 1) // max(1, workers)))
 
 
 def failure_record(key: str, exc: BaseException, model: str | None, attempts: int, reason: str) -> dict:
@@ -529,7 +535,7 @@ def watch(src: str | Store, dst: str | Store, *, model="mn04-as", poll: float = 
     led = open_ledger(ledger, src_store.url, dst_store.url)
     stop = stop_event or threading.Event()
     sink = dst_store.url
-    clf = load_model(model)
+    clf = load_model(model, workers)
     disc = Discovery(src_store, dst_store, led, sink, settle=0.0 if once else settle)
     if isinstance(dst_store, LocalStore):
         swept = dst_store.sweep_temp()

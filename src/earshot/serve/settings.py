@@ -6,10 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-
-def earshot_home() -> Path:
-    """`$EARSHOT_HOME`, else `~/.cache/earshot`."""
-    return Path(os.environ.get("EARSHOT_HOME") or Path.home() / ".cache" / "earshot").expanduser()
+from earshot.models.weights import earshot_home
 
 
 def _split(value: str | None, sep: str = ",") -> list[str]:
