@@ -344,7 +344,8 @@ def window_for(durations: Sequence[float]) -> float:
 class _MelAugment:
     """Training-time augmentation on normalised log-mel [b, 1, mels, frames] (log-mel = (ln(mel+1e-5)+4.5)/5).
 
-    gain ±6 dB (an offset), additive noise mixed in the power domain at 10-40 dB below the clip, time shift
+    frequency warp x0.85-1.15 (VTLP-like: other voices) and time stretch x0.8-1.2 (linear interpolation),
+    gain ±10 dB (an offset), additive noise mixed in the power domain at 10-40 dB below the clip, time shift
     (done by the caller's crop), SpecAugment (2 frequency masks ≤ 8 bands, 2 time masks ≤ 10 % of frames).
     """
 
@@ -354,9 +355,22 @@ class _MelAugment:
     def rand(self, *shape) -> torch.Tensor:
         return torch.rand(*shape, generator=self.gen)
 
+    def warp(self, x: torch.Tensor, lo: float, hi: float, dim: int) -> torch.Tensor:
+        """Resample axis `dim` (2: mels, 3: frames) by a random factor per example, anchored at index 0."""
+        b, n = x.shape[0], x.shape[dim]
+        scale = lo + self.rand(b) * (hi - lo)
+        pos = (torch.arange(n, dtype=torch.float32)[None, :] / scale[:, None]).clamp(0, n - 1)
+        i0 = pos.floor().long()
+        i1 = (i0 + 1).clamp(max=n - 1)
+        w = pos - i0
+        shape = (b, 1, n, 1) if dim == 2 else (b, 1, 1, n)
+        i0, i1, w = i0.view(shape).expand_as(x), i1.view(shape).expand_as(x), w.view(shape)
+        return torch.gather(x, dim, i0) * (1 - w) + torch.gather(x, dim, i1) * w
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b, _, m, t = x.shape
-        gain_db = (self.rand(b) * 12 - 6).view(b, 1, 1, 1)
+        x = self.warp(self.warp(x, 0.85, 1.15, 2), 0.8, 1.2, 3)
+        gain_db = (self.rand(b) * 20 - 10).view(b, 1, 1, 1)
         x = x + gain_db * (math.log(10) / 10) / 5  # power x 10^(dB/10) → ln offset, /5 normalisation
         power = torch.exp(x * 5 - 4.5) - 1e-5
         level = power.mean(dim=(2, 3), keepdim=True)
@@ -450,7 +464,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
     best, best_key, history, since = None, None, [], 0
     beta = torch.distributions.Beta(torch.tensor(0.4), torch.tensor(0.4))
-    patience = max(8, n_epochs // 3)
+    patience = max(10, n_epochs // 2)
     for epoch in range(1, n_epochs + 1):
         net.train()
         perm = torch.randperm(len(tr), generator=gen)
@@ -492,7 +506,8 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
     model = WaveformTagger(EfficientATMel(**CNN_FRONTEND), net.cpu(), None, multi_label=False).eval()
     config = {"frontend": dict(CNN_FRONTEND), "network": "CompactCNN", "lr": 3e-3, "schedule": "one-cycle",
               "weight_decay": 1e-2, "batch_size": bs, "epochs_run": len(history), "max_epochs": n_epochs,
-              "augment": "gain ±6 dB, noise 10-40 dB SNR (p .5), time shift/crop, SpecAugment 2F×8 2T×10%, "
+              "augment": "frequency warp x0.85-1.15, time stretch x0.8-1.2, gain ±10 dB, noise 10-40 dB SNR "
+                         "(p .5), time shift/crop, SpecAugment 2F×8 2T×10%, "
                          "mixup Beta(.4,.4) on half of the batches",
               "early_stopping": f"validation accuracy, then loss; patience {patience}"}
     return Trained("cnn", model, sr, window, window, best_key[0], history, config)
@@ -550,6 +565,110 @@ def _cnn_waves(manifest: Manifest, ids, cache: dict, log: _Log) -> dict[int, np.
     return {k: v for k, v in cache.items() if isinstance(k, int)}
 
 
+@dataclass
+class Fit:
+    """What `fit` produced: the chosen model, all candidates, the data and split it used, and why."""
+
+    chosen: Trained
+    candidates: list[Trained]
+    manifest: Manifest
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    why: str
+    cv: dict[str, Any] | None
+    options: dict[str, Any]
+
+
+def fit(
+    data: str | Path,
+    *,
+    model: str = "auto",
+    backbone: str = "mn04-as",
+    val_fold: str | int | None = None,
+    val_split: float | None = None,
+    cv: int | None = None,
+    filters: Sequence[str] = (),
+    label_regex: str | None = None,
+    group_regex: str | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    finetune: bool = False,
+    quiet: bool = False,
+    progress: Progress | None = None,
+) -> Fit:
+    """Everything `train` does short of exporting: manifest, features, split (or CV), candidates, choice."""
+    if model not in FAMILIES:
+        raise DataError(f"--model must be one of {', '.join(FAMILIES)}, not {model!r}", reason="bad_option")
+    log = _Log(quiet, progress)
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
+                    filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
+                    finetune=finetune, log=log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _fit(data, *, model, backbone, val_fold, val_split, cv, filters, label_regex, group_regex, epochs, seed,
+         finetune, log: _Log) -> Fit:
+    manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters)
+    log(f"{manifest.layout} layout: {len(manifest)} clips, {len(manifest.labels)} classes"
+        + (f", {len(manifest.skipped)} skipped" if manifest.skipped else ""), stage="manifest")
+    waves_cache: dict = {}
+    feats = None
+    if model in ("auto", "transfer"):
+        feats, bad = transfer_features(manifest, backbone, log)
+        _skip(manifest, bad, log)
+    else:
+        from earshot.models.cnn import CNN_FRONTEND
+
+        waves, bad = decode_items(manifest, range(len(manifest)), CNN_FRONTEND["sample_rate"])
+        _skip(manifest, bad, log)
+        drop = {i for i, _ in bad}
+        kept = [i for i in range(len(manifest) + len(drop)) if i not in drop]
+        waves_cache.update({new: waves[old] for new, old in enumerate(kept)})
+    if len(manifest.labels) < 2:
+        raise DataError("fewer than 2 classes left after skipping unreadable files", reason="one_class")
+    options = {"model": model, "val_fold": val_fold, "val_split": val_split, "cv": cv, "seed": seed,
+               "max_epochs": epochs, "finetune": finetune}
+    common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
+              "log": log, "waves_cache": waves_cache}
+    if not cv:
+        tr, va = split_manifest(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
+        log(f"split: {len(tr)} train, {len(va)} validation", stage="split")
+        candidates, chosen, why = _fit_one(manifest, tr, va, family=model, **common)
+        return Fit(chosen, candidates, manifest, tr, va, why, None, options)
+
+    folds = cv_folds(manifest, k=cv, seed=seed)
+    runs = []
+    family, first_why = model, ""
+    for f, (tr, va) in enumerate(folds, 1):
+        log(f"cv fold {f}/{len(folds)}: {len(tr)} train, {len(va)} validation", stage="cv", fold=f)
+        _, chosen, why = _fit_one(manifest, tr, va, family=family, **common)
+        if family == "auto":  # decide once, on the first fold
+            family, first_why = chosen.family, why
+        runs.append((chosen, _bundle_metrics(chosen, manifest, va), tr, va, why))
+    accs = np.array([m["accuracy"] for _, m, *_ in runs])
+    f1s = np.array([m["macro_f1"] for _, m, *_ in runs])
+    best = int(np.argmax(accs))
+    chosen, _, tr, va, why = runs[best]
+    if model == "auto":
+        why = first_why + f" (decided on fold 1, applied to all {len(folds)} folds)"
+    summary = {
+        "k": len(folds), "accuracy_mean": round(float(accs.mean()), 6), "accuracy_std": round(float(accs.std()), 6),
+        "macro_f1_mean": round(float(f1s.mean()), 6), "macro_f1_std": round(float(f1s.std()), 6),
+        "accuracy_per_fold": accs.round(6).tolist(), "macro_f1_per_fold": f1s.round(6).tolist(),
+        "bundle": f"model of fold {best + 1} (best accuracy); card metrics are on its validation fold",
+    }
+    log(f"cv: accuracy {accs.mean():.4f} ± {accs.std():.4f}, macro-F1 {f1s.mean():.4f} ± {f1s.std():.4f}",
+        stage="cv_done", accuracy_mean=summary["accuracy_mean"], accuracy_std=summary["accuracy_std"])
+    return Fit(chosen, [chosen], manifest, tr, va, why, summary, options)
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -575,79 +694,17 @@ def train(
     else the layout's official validation fold, else a stratified group-aware 20 %. `cv=K`: K-fold
     cross-validation (official folds when K equals their number), mean ± std in the card, the bundle is the best
     fold's model. `epochs`: maximum epochs (early stopping keeps the best). Progress: one line per step on stderr
-    unless `quiet`; `progress(event_dict)` gets the same events. Returns the bundle directory.
+    unless `quiet`; `progress(event_dict)` gets the same events. `name`: the card's name (default: out's
+    folder name). Returns the bundle directory.
     """
-    if model not in FAMILIES:
-        raise DataError(f"--model must be one of {', '.join(FAMILIES)}, not {model!r}", reason="bad_option")
     t_start = time.time()
+    result = fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
+                 filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
+                 finetune=finetune, quiet=quiet, progress=progress)
     log = _Log(quiet, progress)
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters)
-        log(f"{manifest.layout} layout: {len(manifest)} clips, {len(manifest.labels)} classes"
-            + (f", {len(manifest.skipped)} skipped" if manifest.skipped else ""), stage="manifest")
-        waves_cache: dict = {}
-        feats = None
-        if model in ("auto", "transfer"):
-            feats, bad = transfer_features(manifest, backbone, log)
-            _skip(manifest, bad, log)
-        else:
-            from earshot.models.cnn import CNN_FRONTEND
-
-            waves, bad = decode_items(manifest, range(len(manifest)), CNN_FRONTEND["sample_rate"])
-            _skip(manifest, bad, log)
-            drop = {i for i, _ in bad}
-            kept = [i for i in range(len(manifest) + len(drop)) if i not in drop]
-            waves_cache.update({new: waves[old] for new, old in enumerate(kept)})
-        if len(manifest.labels) < 2:
-            raise DataError("fewer than 2 classes left after skipping unreadable files", reason="one_class")
-
-        cv_summary = None
-        if cv:
-            folds = cv_folds(manifest, k=cv, seed=seed)
-            fold_runs = []
-            family = model
-            for f, (tr, va) in enumerate(folds, 1):
-                log(f"cv fold {f}/{len(folds)}: {len(tr)} train, {len(va)} validation", stage="cv", fold=f)
-                _, chosen, why = _fit_one(manifest, tr, va, family=family, feats=feats, backbone=backbone,
-                                          epochs=epochs, seed=seed, finetune=finetune, log=log,
-                                          waves_cache=waves_cache)
-                if family == "auto":  # decide once, on the first fold
-                    family = chosen.family
-                    first_why = why
-                m = _bundle_metrics(chosen, manifest, va)
-                fold_runs.append((chosen, m, tr, va, why))
-            accs = np.array([m["accuracy"] for _, m, *_ in fold_runs])
-            f1s = np.array([m["macro_f1"] for _, m, *_ in fold_runs])
-            best = int(np.argmax(accs))
-            chosen, _, tr, va, why = fold_runs[best]
-            if model == "auto":
-                why = first_why + f" (decided on fold 1, applied to all {len(folds)} folds)"
-            cv_summary = {
-                "k": len(folds), "accuracy_mean": round(float(accs.mean()), 6),
-                "accuracy_std": round(float(accs.std()), 6), "macro_f1_mean": round(float(f1s.mean()), 6),
-                "macro_f1_std": round(float(f1s.std()), 6), "accuracy_per_fold": accs.round(6).tolist(),
-                "macro_f1_per_fold": f1s.round(6).tolist(), "bundle": f"model of fold {best + 1} (best accuracy)",
-            }
-            log(f"cv: accuracy {accs.mean():.4f} ± {accs.std():.4f}, macro-F1 {f1s.mean():.4f} ± "
-                f"{f1s.std():.4f}", stage="cv_done", **{k: v for k, v in cv_summary.items() if k != "bundle"})
-            candidates = [chosen]
-        else:
-            tr, va = split_manifest(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
-            log(f"split: {len(tr)} train, {len(va)} validation", stage="split")
-            candidates, chosen, why = _fit_one(manifest, tr, va, family=model, feats=feats, backbone=backbone,
-                                               epochs=epochs, seed=seed, finetune=finetune, log=log,
-                                               waves_cache=waves_cache)
-        log(f"chose {chosen.family}: {why}", stage="chosen", family=chosen.family)
-        return _write_bundle(chosen, candidates, manifest, tr, va, out, why=why, cv=cv_summary, seed=seed,
-                             epochs=epochs, backbone=backbone, t_start=t_start, log=log, name=name,
-                             split_options={"val_fold": val_fold, "val_split": val_split, "cv": cv})
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    log.t0 = t_start
+    log(f"chose {result.chosen.family}: {result.why}", stage="chosen", family=result.chosen.family)
+    return write_bundle(result, out, backbone=backbone, t_start=t_start, log=log, name=name)
 
 
 def _bundle_metrics(trained: Trained, manifest: Manifest, va) -> dict[str, Any]:
@@ -679,19 +736,26 @@ def _bundle_metrics(trained: Trained, manifest: Manifest, va) -> dict[str, Any]:
     return metrics_for(y_true, y_pred, labels)
 
 
-def _write_bundle(chosen: Trained, candidates: list[Trained], manifest: Manifest, tr, va, out, *, why: str,
-                  cv, seed: int, epochs, backbone: str, t_start: float, log: _Log, name: str | None,
-                  split_options: dict[str, Any]) -> Path:
+def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_start: float | None = None,
+                 log: _Log | None = None, name: str | None = None) -> Path:
+    """Export `result.chosen` with its card, score it on the validation split with onnxruntime, add plots."""
     from earshot.classifier import Classifier
     from earshot.export import export_bundle
 
     out = Path(out)
+    t_start = time.time() if t_start is None else t_start
+    log = log or _Log(True, None)
+    chosen, manifest, tr, va = result.chosen, result.manifest, result.train_idx, result.val_idx
     labels = manifest.labels
     sources = {"transfer": f"transfer learning on {backbone} (EfficientAT, MIT) features",
                "cnn": "CompactCNN trained from scratch by earshot"}
     data_summary = manifest.summary()
     data_summary["skipped_files"] = manifest.skipped[:1000]
     data_summary["n_train"], data_summary["n_validation"] = int(len(tr)), int(len(va))
+    groups = {side: sorted({manifest.items[int(i)].group for i in idx} - {None})
+              for side, idx in (("train", tr), ("validation", va))}
+    if groups["validation"]:
+        data_summary["split_groups"] = {k: v[:500] for k, v in groups.items()}
     card = {
         "name": name or out.name,
         "description": f"{len(labels)}-class classifier ({chosen.family}) trained on {manifest.layout} data",
@@ -705,13 +769,11 @@ def _write_bundle(chosen: Trained, candidates: list[Trained], manifest: Manifest
         "metrics": {},
         "training": {
             "family": chosen.family,
-            "why": why,
+            "why": result.why,
             "candidates": {c.family: {"val_accuracy": round(c.val_accuracy, 6), "epochs_run": len(c.history)}
-                           for c in candidates},
-            "seed": seed,
-            "max_epochs": epochs,
+                           for c in result.candidates},
             "backbone": backbone if chosen.family == "transfer" else None,
-            **split_options,
+            **result.options,
             **chosen.config,
             "device": str(_device()),
             "torch": torch.__version__,
@@ -732,8 +794,8 @@ def _write_bundle(chosen: Trained, candidates: list[Trained], manifest: Manifest
     y_true = [labels.index(items[k].label) for k in kept]
     metrics = metrics_for(y_true, scores.argmax(1).tolist(), labels)
     metrics["split"] = "validation"
-    if cv is not None:
-        metrics["cv"] = cv
+    if result.cv is not None:
+        metrics["cv"] = result.cv
     from earshot.bundle import read_bundle
 
     card = read_bundle(out).card

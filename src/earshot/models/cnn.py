@@ -15,22 +15,21 @@ CNN_FRONTEND = {"sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop": 16
                 "fmin": 20.0, "fmax": 8000.0, "preemphasis": 0.97}
 
 
-def _block(cin: int, cout: int, pool: tuple[int, int] | None) -> nn.Sequential:
-    layers: list[nn.Module] = [
+def _block(cin: int, cout: int, pool: tuple[int, int]) -> nn.Sequential:
+    return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=False), nn.Conv2d(cout, cout, 1, bias=False),
-        nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-    ]
-    if pool is not None:
-        layers.append(nn.MaxPool2d(pool))
-    return nn.Sequential(*layers)
+        nn.MaxPool2d(pool),
+    )
 
 
 class CompactCNN(nn.Module):
-    """Four conv blocks (conv3x3 + depthwise-separable conv3x3, BN, ReLU, max-pool) → per-frame features
-    (channels x remaining mel bands) → 1x1 projection → mean+max over time = embedding → dropout → linear."""
+    """Four conv blocks (conv3x3, BN, ReLU, max-pool; 16-32-64-128 channels, time pooled x4) → per-frame
+    features (channels x remaining mel bands) → 1x1 projection → mean+max over time = embedding → linear.
 
-    def __init__(self, num_classes: int, n_mels: int = 64, widths=(24, 48, 96, 128), embedding_dim: int = 256,
+    About 0.17 M parameters and 25 M multiply-adds per second of 16 kHz audio: trains on 2 CPU cores.
+    """
+
+    def __init__(self, num_classes: int, n_mels: int = 64, widths=(16, 32, 64, 128), embedding_dim: int = 256,
                  dropout: float = 0.3) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
