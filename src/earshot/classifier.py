@@ -44,7 +44,7 @@ def source_title(source: Source) -> str:
 class Classifier:
     """Runs a model bundle. Thread-safe: one onnxruntime session serves concurrent calls."""
 
-    def __init__(self, bundle: Bundle, *, threads: int | None = None, batch_size: int = 16) -> None:
+    def __init__(self, bundle: Bundle, *, threads: int | None = None) -> None:
         self.bundle = bundle
         card = bundle.card
         self.card: dict[str, Any] = card
@@ -55,7 +55,6 @@ class Classifier:
         self.window_seconds: float = float(card["window_seconds"])
         self.min_seconds: float = float(card.get("min_seconds", 1.0))
         self.multi_label: bool = bool(card["multi_label"])
-        self.batch_size = batch_size
         thresholds = card.get("thresholds")
         default = DEFAULT_THRESHOLD_MULTI if self.multi_label else DEFAULT_THRESHOLD_SINGLE
         self.thresholds = np.asarray(thresholds if thresholds else [default] * len(self.labels), dtype=np.float32)
@@ -100,8 +99,17 @@ class Classifier:
             starts = np.append(starts, len(y) - w)
         return starts, np.stack([y[s : s + w] for s in starts])
 
-    def _batched(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
-        parts = [self.run(frames[i : i + self.batch_size], outputs) for i in range(0, len(frames), self.batch_size)]
+    def run_windows(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
+        """Outputs for many equal-length windows: batches of 8 spread over the cores, one single-threaded session
+        call per batch (on 2 cores 2x faster than one call with intra-op threads)."""
+        chunks = [frames[i : i + 8] for i in range(0, len(frames), 8)]
+        workers = min(len(chunks), os.cpu_count() or 1)
+        if workers > 1:
+            session = self._single_thread_session()
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(lambda c: self.run(c, outputs, session), chunks))
+        else:
+            parts = [self.run(c, outputs) for c in chunks]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
     def clip_scores(self, y: np.ndarray, session=None) -> np.ndarray:
@@ -109,7 +117,7 @@ class Classifier:
         if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
             return self.run(self._fit(y)[None], session=session)[0][0]
         _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
-        scores = self._batched(frames)[0]
+        scores = self.run_windows(frames)[0]
         return scores.max(axis=0) if self.multi_label else scores.mean(axis=0)
 
     # ----------------------------------------------------------------------------------------- public API
@@ -206,7 +214,7 @@ class Classifier:
             n = 0 if len(carry) < w else 1 + (len(carry) - w) // h
             if n:
                 frames = np.stack([carry[i * h : i * h + w] for i in range(n)])
-                rows.append(self._batched(frames)[0])
+                rows.append(self.run_windows(frames)[0])
                 starts.extend(offset + i * h for i in range(n))
                 carry, offset = carry[n * h :], offset + n * h
         if total == 0:
@@ -235,7 +243,7 @@ class Classifier:
         if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
             return self.run(self._fit(y)[None], ("embedding",))[0][0]
         _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
-        return self._batched(frames, ("embedding",))[0].mean(axis=0)
+        return self.run_windows(frames, ("embedding",))[0].mean(axis=0)
 
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""

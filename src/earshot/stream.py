@@ -485,7 +485,6 @@ def _generate(open_feed: Callable[[], _Feed], name: str, clf: Any, *, window: fl
     limit = None if max_seconds is None else max(1, round(max_seconds * sr))
     tracker = EventTracker.for_classifier(clf, threshold, min_duration)
     ring = _Ring(w)
-    batch = max(1, int(getattr(clf, "batch_size", 16)))
     state = {"total": 0, "next_end": w, "scored_to": 0, "segments": 0, "events": 0}
     clip_max = clip_sum = None
     stopped, error = "eof", None
@@ -498,10 +497,9 @@ def _generate(open_feed: Callable[[], _Feed], name: str, clf: Any, *, window: fl
 
     def score(pending: list[tuple[int, int, np.ndarray]]) -> Iterator[dict[str, Any]]:
         nonlocal clip_max, clip_sum
-        for i in range(0, len(pending), batch):
-            part = pending[i : i + batch]
-            rows = clf.run(np.stack([x for _, _, x in part]))[0]
-            for (b, e, _), s in zip(part, rows):
+        if pending:
+            rows = clf.run_windows(np.stack([x for _, _, x in pending]))[0]
+            for (b, e, _), s in zip(pending, rows):
                 clip_max = s if clip_max is None else np.maximum(clip_max, s)
                 clip_sum = s.astype(np.float64) if clip_sum is None else clip_sum + s
                 idx = np.argsort(-s)[:top_k]
