@@ -356,8 +356,8 @@ def test_two_processes_share_one_ledger(corpus200, tmp_path, s3):
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     procs = [subprocess.Popen(watcher_cmd("s3://earshot/in/", "s3://earshot/out/", led, "--once", "--workers", 2),
                               stdout=subprocess.DEVNULL, stderr=lg.open("wb")) for lg in logs]  # noqa: SIM115
-    for p in procs:
-        assert p.wait(180) == 0
+    for p, lg in zip(procs, logs):
+        assert p.wait(180) == 0, lg.read_text()[-3000:]
     per_proc = []
     for lg in logs:
         events = [json.loads(line) for line in lg.read_text().splitlines() if line.startswith("{")]

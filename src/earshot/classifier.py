@@ -58,8 +58,9 @@ class Classifier:
         thresholds = card.get("thresholds")
         default = DEFAULT_THRESHOLD_MULTI if self.multi_label else DEFAULT_THRESHOLD_SINGLE
         self.thresholds = np.asarray(thresholds if thresholds else [default] * len(self.labels), dtype=np.float32)
-        self._lock = threading.Lock()
+        self._lock, self._st_lock = threading.Lock(), threading.Lock()
         self._st_session: ort.InferenceSession | None = None
+        self._inflight = 0
         self.session = self._session(threads or os.cpu_count() or 1)
 
     def _session(self, threads: int) -> ort.InferenceSession:
@@ -67,6 +68,8 @@ class Classifier:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads must not spin: other sessions' calls and decoding share the same cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(self.bundle.model_path), opts, providers=["CPUExecutionProvider"])
 
     @classmethod
@@ -82,7 +85,19 @@ class Classifier:
     def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",), session=None) -> list[np.ndarray]:
         """Raw model outputs for a batch of equal-length waveforms [batch, samples] at the model rate."""
         x = np.ascontiguousarray(waveforms, dtype=np.float32)
-        return (session or self.session).run(list(outputs), {"waveform": x})
+        if session is not None:
+            return session.run(list(outputs), {"waveform": x})
+        # Concurrent callers (server pool, watch workers) each get a single-threaded call: a session that uses
+        # every core, called from several threads at once, oversubscribes the CPU.
+        with self._lock:
+            self._inflight += 1
+            busy = self._inflight > 1
+        try:
+            chosen = self._single_thread_session() if busy else self.session
+            return chosen.run(list(outputs), {"waveform": x})
+        finally:
+            with self._lock:
+                self._inflight -= 1
 
     def _fit(self, y: np.ndarray) -> np.ndarray:
         """Pad clips shorter than min_seconds with trailing silence up to that length."""
@@ -180,7 +195,7 @@ class Classifier:
 
     def _single_thread_session(self) -> ort.InferenceSession:
         if self._st_session is None:
-            with self._lock:
+            with self._st_lock:
                 if self._st_session is None:
                     self._st_session = self._session(1)
         return self._st_session

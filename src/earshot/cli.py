@@ -313,7 +313,7 @@ def watch(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Folder or s3:// prefix for results.")] = None,
     model: Model = "mn04-as",
     poll: Annotated[float, typer.Option(help="Seconds between listings.")] = 5.0,
-    workers: Annotated[int, typer.Option()] = 1,
+    workers: Annotated[int, typer.Option(help="Worker threads (default: cores + 1, hiding write latency).")] = 0,
     ledger: Annotated[str | None, typer.Option(help="SQLite path or postgresql:// URL.")] = None,
     max_attempts: Annotated[int, typer.Option()] = 3,
     once: Annotated[bool, typer.Option(help="Process what is there, then exit.")] = False,
@@ -338,6 +338,7 @@ def watch(
         return
     if output is None:
         raise typer.BadParameter("--output is required")
+    workers = workers or _default_workers()
     result = w.watch(src, output, model=model, poll=poll, workers=workers, ledger=ledger, max_attempts=max_attempts,
                      once=once, endpoint_url=endpoint_url, http=http)
     typer.echo(json.dumps(result, indent=2, default=str))
@@ -349,7 +350,7 @@ def batch(
     output: Annotated[str, typer.Option("--output", "-o")],
     model: Model = "mn04-as",
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
-    workers: Annotated[int, typer.Option()] = 1,
+    workers: Annotated[int, typer.Option(help="Worker threads (default: cores + 1, hiding write latency).")] = 0,
     ledger: Annotated[str | None, typer.Option()] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="json (one file per input) or jsonl.")] = "json",
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
@@ -359,6 +360,7 @@ def batch(
     """One-shot classification of everything under SRC; resumable on the same ledger."""
     from earshot.batch import batch as run_batch
 
+    workers = workers or _default_workers()
     summary = run_batch(src, output, model=model, workers=workers, ledger=ledger, fmt=fmt, engine=engine,
                         progress=not quiet, endpoint_url=endpoint_url, top_k=top_k)
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -392,6 +394,10 @@ def stream(
                       top_k=top_k, min_duration=min_duration, realtime=realtime, allow_urls=allow_url,
                       max_seconds=max_seconds, raw_format=raw_format, rate=rate, channels=channels)
     raise typer.Exit(code)
+
+
+def _default_workers() -> int:
+    return (os.cpu_count() or 1) + 1
 
 
 def main() -> None:  # pragma: no cover - console entry point

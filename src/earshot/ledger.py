@@ -151,7 +151,17 @@ class SQLiteLedger(Ledger):
         if c is None:
             c = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=True)
             c.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            c.execute("PRAGMA journal_mode=WAL")
+            # Switching a new database to WAL can answer "locked" without waiting on the busy handler when
+            # another process creates it at the same moment: retry within the timeout.
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    c.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
             c.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = c
         return c
