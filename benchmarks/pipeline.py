@@ -96,7 +96,7 @@ def main() -> None:
             clf.predict(str(p), top_k=5)
         rows.append(("direct predict (one by one)", None, a.n / (time.perf_counter() - t)))
 
-        for w in (1, 2):
+        for w in (1, 2, 3):
             t = time.perf_counter()
             s = batch(tmp / "src", tmp / f"out{w}", model=clf, workers=w, ledger=tmp / f"l{w}.sqlite",
                       progress=False)
