@@ -127,12 +127,17 @@ class Classifier:
             parts = [self.run(c, outputs) for c in chunks]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
-    def clip_scores(self, y: np.ndarray, session=None) -> np.ndarray:
-        """Scores [classes] for one decoded clip, following the length policy."""
+    def _clip_rows(self, y: np.ndarray, output: str, session=None) -> np.ndarray:
+        """One output per analysis window of a decoded clip under the length policy: one row for a clip up to
+        1.5 windows long, else one per 10 s window with 50 % overlap."""
         if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
-            return self.run(self._fit(y)[None], session=session)[0][0]
+            return self.run(self._fit(y)[None], (output,), session)[0]
         _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
-        scores = self.run_windows(frames)[0]
+        return self.run_windows(frames, (output,))[0]
+
+    def clip_scores(self, y: np.ndarray, session=None) -> np.ndarray:
+        """Scores [classes] for one decoded clip: max over windows (multi-label) or mean (single-label)."""
+        scores = self._clip_rows(y, "scores", session)
         return scores.max(axis=0) if self.multi_label else scores.mean(axis=0)
 
     # ----------------------------------------------------------------------------------------- public API
@@ -254,11 +259,7 @@ class Classifier:
 
     def embed(self, source: Source, title: str | None = None) -> np.ndarray:
         """The clip embedding (mean over windows for audio longer than 1.5 windows)."""
-        y = self.decode(source, title or source_title(source))
-        if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
-            return self.run(self._fit(y)[None], ("embedding",))[0][0]
-        _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
-        return self.run_windows(frames, ("embedding",))[0].mean(axis=0)
+        return self._clip_rows(self.decode(source, title or source_title(source)), "embedding").mean(axis=0)
 
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""

@@ -20,6 +20,7 @@ metric code of `earshot.evaluate`, so ``earshot evaluate`` reproduces them. With
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -600,14 +601,21 @@ def fit(
     if model not in FAMILIES:
         raise DataError(f"--model must be one of {', '.join(FAMILIES)}, not {model!r}", reason="bad_option")
     log = _Log(quiet, progress)
+    with _torch_settings():
+        return _fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
+                    filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
+                    finetune=finetune, log=log)
+
+
+@contextlib.contextmanager
+def _torch_settings():
+    """Threads sized to the machine and deterministic kernels while training; the caller's settings after."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
-                    filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
-                    finetune=finetune, log=log)
+        yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -673,38 +681,28 @@ def train(
     data: str | Path,
     out: str | Path,
     *,
-    model: str = "auto",
-    backbone: str = "mn04-as",
-    val_fold: str | int | None = None,
-    val_split: float | None = None,
-    cv: int | None = None,
-    filters: Sequence[str] = (),
-    label_regex: str | None = None,
-    group_regex: str | None = None,
-    epochs: int | None = None,
-    seed: int = 0,
-    finetune: bool = False,
     quiet: bool = False,
     progress: Progress | None = None,
     name: str | None = None,
+    **options: Any,
 ) -> Path:
     """Train a single-label classifier on `data` (any layout `earshot.data.load_manifest` reads) → bundle `out`.
 
-    `model`: ``auto`` | ``transfer`` | ``cnn`` (see the module doc). Validation: `val_fold`, else `val_split`,
-    else the layout's official validation fold, else a stratified group-aware 20 %. `cv=K`: K-fold
-    cross-validation (official folds when K equals their number), mean ± std in the card, the bundle is the best
-    fold's model. `epochs`: maximum epochs (early stopping keeps the best). Progress: one line per step on stderr
-    unless `quiet`; `progress(event_dict)` gets the same events. `name`: the card's name (default: out's
+    `options` are those of :func:`fit`: `model` ``auto`` | ``transfer`` | ``cnn`` (see the module doc);
+    validation `val_fold`, else `val_split`, else the layout's official validation fold, else a stratified
+    group-aware 20 %; `cv=K` for K-fold cross-validation (official folds when K equals their number), mean ± std
+    in the card, the bundle being the best fold's model; `epochs` maximum (early stopping keeps the best);
+    `backbone`, `filters`, `label_regex`, `group_regex`, `seed`, `finetune`. Progress: one line per step on
+    stderr unless `quiet`; `progress(event_dict)` gets the same events. `name`: the card's name (default: out's
     folder name). Returns the bundle directory.
     """
     t_start = time.time()
-    result = fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
-                 filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
-                 finetune=finetune, quiet=quiet, progress=progress)
+    result = fit(data, quiet=quiet, progress=progress, **options)
     log = _Log(quiet, progress)
     log.t0 = t_start
     log(f"chose {result.chosen.family}: {result.why}", stage="chosen", family=result.chosen.family)
-    return write_bundle(result, out, backbone=backbone, t_start=t_start, log=log, name=name)
+    return write_bundle(result, out, backbone=options.get("backbone", "mn04-as"), t_start=t_start, log=log,
+                        name=name)
 
 
 def _bundle_metrics(trained: Trained, manifest: Manifest, va) -> dict[str, Any]:
