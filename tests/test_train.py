@@ -22,7 +22,7 @@ from earshot.evaluate import metrics_for
 
 pytest.importorskip("torch")
 
-from earshot.train import embeddings_dir, fit, train, window_for  # noqa: E402
+from earshot.train import embeddings_dir, feature_network, fit, train, window_for, write_bundle  # noqa: E402
 
 ESC50 = DATA / "esc50"
 US8K = DATA / "urbansound8k_subset"
@@ -103,6 +103,32 @@ def test_cross_validation_reports_mean_and_std(tmp_path):
     assert cv["k"] == 4 and len(cv["accuracy_per_fold"]) == 4
     assert cv["accuracy_mean"] == pytest.approx(np.mean(cv["accuracy_per_fold"]), abs=1e-5)
     assert 0 <= cv["accuracy_std"] < 0.2 and cv["accuracy_mean"] > 0.8
+
+
+def test_auto_skips_the_cnn_when_too_few_clips_a_class():
+    r = fit(US8K, model="auto", val_fold=2, epochs=60, quiet=True)
+    assert [c.family for c in r.candidates] == ["transfer"] and r.chosen.family == "transfer"
+    assert "too few for a CNN" in r.why and "15 training clips a class" in r.why, r.why
+
+
+def test_finetune_unfreezes_the_backbone(tmp_path):
+    """One head epoch, then one fine-tuning epoch of the whole network; the better of the two on validation is
+    kept (the backbone's weights moved exactly when the fine-tuned one won), and it exports like any other."""
+    events = []
+    r = fit(ESC50, model="transfer", filters=["esc10=True", "category=dog", "category=rooster"], val_fold=4,
+            epochs=1, finetune=True, quiet=True, progress=events.append)
+    tuned = [e for e in events if e.get("stage") == "epoch" and "finetune" in e["message"]]
+    assert len(tuned) == 1 and np.isfinite(tuned[0]["loss"])
+    assert r.chosen.config["finetune"] is True and len(r.chosen.history) == 2
+    before = feature_network("mn04-as").state_dict()
+    after = r.chosen.model.backbone.state_dict()
+    moved = max(float((after[k] - before[k]).abs().max()) for k in before if before[k].is_floating_point())
+    head_acc, tuned_acc = (h["val_acc"] for h in r.chosen.history)
+    assert r.chosen.val_accuracy == max(head_acc, tuned_acc)
+    assert (moved > 0) == (tuned_acc > head_acc)
+    bundle = write_bundle(r, tmp_path / "tuned")
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["training"]["finetune"] is True and card["metrics"]["n"] == 16
 
 
 def test_bad_model_family_is_rejected():

@@ -259,7 +259,11 @@ class Classifier:
 
     def embed(self, source: Source, title: str | None = None) -> np.ndarray:
         """The clip embedding (mean over windows for audio longer than 1.5 windows)."""
-        return self._clip_rows(self.decode(source, title or source_title(source)), "embedding").mean(axis=0)
+        return self.embed_waveform(self.decode(source, title or source_title(source)))
+
+    def embed_waveform(self, y: np.ndarray) -> np.ndarray:
+        """`embed` for a clip already decoded at the model's rate."""
+        return self._clip_rows(y, "embedding").mean(axis=0)
 
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""

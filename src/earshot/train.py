@@ -2,15 +2,17 @@
 
 Families:
 
-- ``transfer``: frozen pretrained tagger (`mn04-as`) features, extracted with the onnxruntime `Classifier` and
-  cached per (file sha256, backbone) under ``$EARSHOT_HOME/embeddings/<backbone>/<sha256>.npy``; a small head
-  (standardise, dropout, weight decay) trained in torch with early stopping. Exported as
-  ``WaveformTagger(EfficientATMel(), TransferNet(MobileNetAudio, head))``. ``finetune=True`` then unfreezes the
-  backbone at a low learning rate (slow on CPU).
+- ``transfer``: frozen pretrained tagger (`mn04-as`) features — its whole-clip embedding and the mean embedding of
+  2 s crops (`CropPooledFeatures`) — computed by an exported feature-extractor bundle on onnxruntime and cached per
+  (file sha256, backbone, feature version) under ``$EARSHOT_HOME/embeddings/``; an MLP head (standardise, dropout,
+  weight decay) trained in torch with early stopping. Exported as
+  ``WaveformTagger(EfficientATMel(), CropPooledFeatures(MobileNetAudio), head)``. ``finetune=True`` then unfreezes
+  the backbone at a low learning rate (slow on CPU).
 - ``cnn``: `CompactCNN` from scratch on a 16 kHz 64-mel front-end, fixed-length windows (the clips' 95th
   duration percentile, 1-10 s), with gain / shift / noise / SpecAugment / mixup applied on the log-mel.
-- ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like) or transfer's
-  validation accuracy is below 0.95; the better on validation is kept and the card says why.
+- ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like), or when
+  transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
+  few for a network from scratch); the better on validation is kept and the card says why.
 
 Unreadable files are skipped (never silently): printed, counted and listed in the card's ``data`` summary.
 The card's ``metrics`` are computed on the validation split by the exported bundle on onnxruntime, with the
@@ -45,8 +47,10 @@ from earshot.evaluate import metrics_for, plot_confusion, score_items
 FAMILIES = ("auto", "transfer", "cnn")
 AUTO_MIN_ACCURACY = 0.95  # auto: below this transfer validation accuracy, try the CNN too
 SPEECH_LIKE_SECONDS = 2.0  # auto: median clip shorter than this → try the CNN too
+AUTO_CNN_MIN_PER_CLASS = 100  # auto, longer clips: a CNN from scratch only with this many training clips a class
 TRANSFER_WINDOW = 10.0  # the pretrained tagger's window (clips up to 1.5 windows are one pass)
-FEATURE_LAYOUT = "embedding | sigmoid(scores) | duration_seconds"
+FEATURES_VERSION = "whole+crops2s"  # cache folder name: bump when the features change
+FEATURE_LAYOUT = "whole-clip embedding | mean embedding of 2 s crops (1 s hop)"
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -106,24 +110,57 @@ def _reason(e: AudioError) -> str:
 
 
 def embeddings_dir(backbone: str) -> Path:
+    """Cache of transfer features (and their extractor bundle) for `backbone`, per feature version."""
     from earshot.models.weights import earshot_home
 
-    return earshot_home() / "embeddings" / backbone
+    return earshot_home() / "embeddings" / backbone / FEATURES_VERSION
+
+
+def feature_network(backbone: str) -> nn.Module:
+    """The pretrained `backbone` wrapped to output transfer features as its embedding (`CropPooledFeatures`)."""
+    from earshot.models import spec
+    from earshot.models.heads import CropPooledFeatures
+    from earshot.models.weights import fetch
+
+    s = spec(backbone)
+    return CropPooledFeatures(s.build(fetch(s.filename, s.url, s.sha256)).backbone)
+
+
+def feature_extractor(backbone: str) -> Path:
+    """Bundle whose `embedding` output is the transfer features (exported once per machine and backbone), so
+    cached features come from the same ONNX graph that the trained bundle runs, under the same clip policy."""
+    from earshot.bundle import is_bundle
+    from earshot.export import export_bundle
+    from earshot.frontend import EfficientATMel
+    from earshot.labels import audioset
+    from earshot.models import spec
+    from earshot.models.tagger import WaveformTagger
+
+    out = embeddings_dir(backbone) / "extractor"
+    if not is_bundle(out):
+        s = spec(backbone)
+        labels, ids = audioset()
+        card = {"name": f"{backbone}-features", "description": f"{backbone} transfer features ({FEATURE_LAYOUT})",
+                "labels": list(labels), "label_ids": list(ids), "sample_rate": s.sample_rate,
+                "window_seconds": TRANSFER_WINDOW, "multi_label": True, "license": s.license, "source": s.source}
+        export_bundle(WaveformTagger(EfficientATMel(), feature_network(backbone), multi_label=True), out, card)
+    return out
 
 
 def transfer_features(manifest: Manifest, backbone: str = "mn04-as", log: _Log | None = None):
-    """Features [n, dim] of every item with the pretrained `backbone` bundle on onnxruntime, cached on disk.
+    """Features [n, dim] of every item with the `feature_extractor` bundle on onnxruntime, cached on disk per
+    sha256 of the file's bytes.
 
-    Row layout: embedding | sigmoid(tagger scores) | clip duration (s). Computed as the exported transfer bundle
-    computes them (one pass over the clip padded to 1 s when it is at most 1.5 windows long, else the mean over
-    50 %-overlapping windows). Returns (features, [(index, reason)] of unreadable items).
+    Row layout: FEATURE_LAYOUT + the clip duration (s), computed under the serving clip policy (one pass over
+    the clip padded to 1 s when it is at most 1.5 windows long, else the mean over 50 %-overlapping windows).
+    Returns (features, [(index, reason)] of unreadable items).
     """
     from earshot.classifier import Classifier
 
     log = log or _Log(True, None)
-    clf = Classifier.load(backbone)
     cache = embeddings_dir(backbone)
     cache.mkdir(parents=True, exist_ok=True)
+    clf = None
     rows: list[np.ndarray | None] = []
     bad: list[tuple[int, str]] = []
     hits = 0
@@ -143,19 +180,15 @@ def transfer_features(manifest: Manifest, backbone: str = "mn04-as", log: _Log |
                 continue
             except (OSError, ValueError):
                 pass
+        if clf is None:
+            clf = Classifier.load(feature_extractor(backbone))
         try:
             y = clf.decode(it.source, str(it.path))
         except AudioError as e:
             bad.append((i, _reason(e)))
             rows.append(None)
             continue
-        if len(y) <= 1.5 * clf.window_seconds * clf.sample_rate:
-            emb, sc = clf.run(clf._fit(y)[None], ("embedding", "scores"))
-            emb, sc = emb[0], sc[0]
-        else:
-            _, frames = clf._windows(y, clf.window_seconds, clf.window_seconds / 2)
-            emb, sc = (a.mean(axis=0) for a in clf._batched(frames, ("embedding", "scores")))
-        row = np.concatenate([emb, sc, [len(y) / clf.sample_rate]]).astype(np.float32)
+        row = np.concatenate([clf.embed_waveform(y), [len(y) / clf.sample_rate]]).astype(np.float32)
         tmp = f.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, row, allow_pickle=False)
         os.replace(tmp, f)
@@ -222,28 +255,22 @@ def train_transfer(manifest: Manifest, feats: np.ndarray, tr: np.ndarray, va: np
                    epochs: int | None, seed: int, finetune: bool, log: _Log) -> Trained:
     """Head on cached pretrained features (+ optional fine-tuning) → exportable WaveformTagger."""
     from earshot.frontend import EfficientATMel
-    from earshot.models import spec
-    from earshot.models.heads import TransferNet
     from earshot.models.tagger import WaveformTagger
-    from earshot.models.weights import fetch
 
     labels = manifest.labels
     y = manifest.targets(labels)
     x = feats[:, :-1]  # drop the duration column
-    cfg = {"hidden": 0, "lr": 2e-3, "weight_decay": 1e-2, "dropout": 0.5}
+    cfg = {"hidden": 256, "lr": 1e-3, "weight_decay": 1e-2, "dropout": 0.5}
     n_epochs = epochs or 300
     head, history, vacc = _fit_head(x[tr], y[tr], x[va], y[va], len(labels), epochs=n_epochs, seed=seed,
                                     log=log, **cfg)
     log(f"transfer head: best val_acc {vacc:.4f} after {len(history)} epochs", stage="trained",
         family="transfer", val_acc=vacc)
-    s = spec(backbone)
-    tagger = s.build(fetch(s.filename, s.url, s.sha256))
-    net = TransferNet(tagger.backbone, head, use_scores=True)
-    model = WaveformTagger(EfficientATMel(), net, None, multi_label=False).eval()
-    config = {"backbone": backbone, "features": "embedding | sigmoid(AudioSet scores)", "head": "linear",
-              **cfg, "epochs_run": len(history), "max_epochs": n_epochs, "batch_size": 64,
-              "label_smoothing": 0.1, "early_stopping": "validation accuracy, then loss; patience 40"}
-    trained = Trained("transfer", model, s.sample_rate, TRANSFER_WINDOW, 1.0, vacc, history, config)
+    model = WaveformTagger(EfficientATMel(), feature_network(backbone), head, multi_label=False).eval()
+    config = {"backbone": backbone, "features": FEATURE_LAYOUT, "head": f"MLP ({cfg['hidden']} hidden)", **cfg,
+              "epochs_run": len(history), "max_epochs": n_epochs, "batch_size": 64, "label_smoothing": 0.1,
+              "early_stopping": "validation accuracy, then loss; patience 40"}
+    trained = Trained("transfer", model, model.frontend.sample_rate, TRANSFER_WINDOW, 1.0, vacc, history, config)
     if finetune:
         trained = _finetune(trained, manifest, tr, va, epochs=epochs, seed=seed, log=log)
     return trained
@@ -266,9 +293,8 @@ def _finetune(trained: Trained, manifest: Manifest, tr, va, *, epochs: int | Non
     y = manifest.targets()
     dev = _device()
     model = trained.model.to(dev)
-    net = model.backbone
-    opt = torch.optim.AdamW([{"params": net.backbone.parameters(), "lr": 1e-4},
-                             {"params": net.head.parameters(), "lr": 5e-4}], weight_decay=1e-3)
+    opt = torch.optim.AdamW([{"params": model.backbone.parameters(), "lr": 1e-4},
+                             {"params": model.head.parameters(), "lr": 5e-4}], weight_decay=1e-3)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def batch(ids):
@@ -294,7 +320,7 @@ def _finetune(trained: Trained, manifest: Manifest, tr, va, *, epochs: int | Non
     train_ids = [int(i) for i in tr if int(i) in waves]
     for epoch in range(1, (epochs or 3) + 1):
         model.train()
-        net.backbone.eval()  # keep pretrained BatchNorm statistics
+        model.backbone.eval()  # keep pretrained BatchNorm statistics
         total = 0.0
         order = gen.permutation(train_ids)
         for s in range(0, len(order), 8):
@@ -528,16 +554,18 @@ def _fit_one(manifest: Manifest, tr, va, *, family: str, feats, backbone, epochs
     if family == "auto":
         median = float(np.median(feats[:, -1])) if feats is not None and len(feats) else 0.0
         t_acc = candidates[0].val_accuracy
-        reasons = []
+        per_class = len(tr) / max(1, len(manifest.labels))
         if median < SPEECH_LIKE_SECONDS:
-            reasons.append(f"median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like)")
-        if t_acc < AUTO_MIN_ACCURACY:
-            reasons.append(f"transfer validation accuracy {t_acc:.3f} < {AUTO_MIN_ACCURACY}")
-        if not reasons:
+            why = f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN too"
+        elif t_acc >= AUTO_MIN_ACCURACY:
             why = f"auto: transfer validation accuracy {t_acc:.3f} >= {AUTO_MIN_ACCURACY} on clips of median " \
                   f"{median:.2f} s; no CNN needed"
+        elif per_class < AUTO_CNN_MIN_PER_CLASS:
+            why = f"auto: transfer validation accuracy {t_acc:.3f} < {AUTO_MIN_ACCURACY}, but {per_class:.0f} " \
+                  f"training clips a class (< {AUTO_CNN_MIN_PER_CLASS}) are too few for a CNN from scratch"
         else:
-            why = "auto: " + "; ".join(reasons) + " → trained the CNN too"
+            why = f"auto: transfer validation accuracy {t_acc:.3f} < {AUTO_MIN_ACCURACY} with {per_class:.0f} " \
+                  "training clips a class → trained the CNN too"
     if family == "cnn" or (family == "auto" and "CNN too" in why):
         waves = _cnn_waves(manifest, np.concatenate([tr, va]), waves_cache, log)
         candidates.append(train_cnn(manifest, tr, va, waves, epochs=epochs, seed=seed, log=log))
