@@ -1,7 +1,9 @@
-"""Object-storage test helpers: a real moto S3 server subprocess on 127.0.0.1, and a mixed audio corpus."""
+"""Object-storage test helpers: a real moto S3 server subprocess on 127.0.0.1, a mixed audio corpus, and checks
+of the exactly-one-result contract."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -157,3 +159,31 @@ def list_results(files: list[str]) -> dict[str, list[str]]:
         elif f.endswith(".json"):
             out.setdefault(f[: -len(".json")], []).append(f)
     return out
+
+
+def local_results(out: Path) -> dict[str, list[str]]:
+    """`list_results` of every file under a local output folder."""
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    return list_results(files)
+
+
+def assert_exactly_one(kinds: dict[str, str], results: dict[str, list[str]], read) -> None:
+    """Every input has exactly one result, of the right kind, and every result parses."""
+    assert set(results) == set(kinds), (set(kinds) ^ set(results))
+    for key, kind in kinds.items():
+        files = results[key]
+        assert len(files) == 1, (key, files)
+        doc = json.loads(read(files[0]))
+        assert doc["title"] == key
+        if kind == "ok":
+            assert files[0] == key + ".json", (key, doc.get("error"))
+            assert doc["error"] is None and doc["labels"] and doc["model"] == "mn04-as"
+        else:
+            assert files[0] == key + ".error.json"
+            assert doc["labels"] == [] and doc["error"]["type"] == "AudioError"
+            assert doc["attempts"] >= 1 and doc["reason"] == doc["error"]["reason"]
+
+
+def watcher_cmd(src, dst, ledger, *extra) -> list[str]:
+    """The command line of a watcher process (`python -m earshot.watch`)."""
+    return [sys.executable, "-m", "earshot.watch", str(src), str(dst), "--ledger", str(ledger), *map(str, extra)]

@@ -7,22 +7,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from s3server import (
     build_corpus,
-    list_results,
+    local_results,
     s3_fixture,  # noqa: F401  (provides the `s3` fixture)
     upload_folder,
 )
 
 from earshot.batch import RAY_HINT, batch
 from earshot.ledger import SQLiteLedger
-
-
-def local_results(out: Path) -> dict[str, list[str]]:
-    return list_results([p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()])
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,8 @@ def test_batch_resumes_after_kill9(tmp_path, shared_data):
     r = subprocess.run([sys.executable, "-c", code, str(src), str(out), str(led)], capture_output=True, timeout=180)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     s = json.loads(r.stdout.decode().strip().splitlines()[-1])
-    assert s["skipped"] >= first - 2  # a result written just before the kill may be redone (same key)
+    # Results written within the last ledger tick (stored, not yet marked done) are redone, under the same key.
+    assert s["skipped"] >= first - 12
     assert s["skipped"] + s["done"] + s["failed"] == len(kinds)
     res = local_results(out)
     assert set(res) == set(kinds) and all(len(v) == 1 for v in res.values())

@@ -115,11 +115,9 @@ def batch(src: str | Store, dst: str, *, model="mn04-as", workers: int = 1, ledg
                             on_finish=bar.advance)
             runner.start()
             try:
-                while led.unfinished(src_store.url, sink) > 0:
-                    time.sleep(0.2)
+                runner.wait_until_idle()
             finally:
-                runner.stop.set()
-                runner.join(60)
+                runner.close(60)
             summary["done"], summary["failed"] = runner.counts["done"], runner.counts["failed"]
             summary["vanished"] = runner.counts.get("vanished", 0)
         elif todo:
@@ -196,11 +194,8 @@ def _run_ray(src, dst, led: Ledger, sink: str, *, model, workers, top_k, max_att
                  ignore_reinit_error=True)
     owner = default_owner()
     held = {}
-    while True:
-        item = led.claim(src.url, sink, owner, lease)
-        if item is None:
-            break
-        held[item.key] = item
+    while claimed := led.claim_many(src.url, sink, owner, lease, 500):
+        held.update((item.key, item) for item in claimed)
     if not held:
         return 0, 0
     if isinstance(model, str) or model is None:

@@ -313,7 +313,7 @@ def watch(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Folder or s3:// prefix for results.")] = None,
     model: Model = "mn04-as",
     poll: Annotated[float, typer.Option(help="Seconds between listings.")] = 5.0,
-    workers: Annotated[int, typer.Option(help="Worker threads (default: cores + 1, hiding write latency).")] = 0,
+    workers: Annotated[int, typer.Option(help="Classifier threads (default: one per core; writes run beside).")] = 0,
     ledger: Annotated[str | None, typer.Option(help="SQLite path or postgresql:// URL.")] = None,
     max_attempts: Annotated[int, typer.Option()] = 3,
     once: Annotated[bool, typer.Option(help="Process what is there, then exit.")] = False,
@@ -350,7 +350,7 @@ def batch(
     output: Annotated[str, typer.Option("--output", "-o")],
     model: Model = "mn04-as",
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
-    workers: Annotated[int, typer.Option(help="Worker threads (default: cores + 1, hiding write latency).")] = 0,
+    workers: Annotated[int, typer.Option(help="Classifier threads (default: one per core; writes run beside).")] = 0,
     ledger: Annotated[str | None, typer.Option()] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="json (one file per input) or jsonl.")] = "json",
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
@@ -397,7 +397,7 @@ def stream(
 
 
 def _default_workers() -> int:
-    return (os.cpu_count() or 1) + 1
+    return os.cpu_count() or 1
 
 
 def main() -> None:  # pragma: no cover - console entry point

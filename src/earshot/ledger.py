@@ -2,9 +2,9 @@
 
 States: pending -> leased -> done | failed; a failed attempt goes back to pending with an exponential
 `not_before` until `max_attempts`. A lease that runs out (its worker crashed) makes the item claimable again;
-a changed object (new version) is pending again. SQLite (WAL) is the default and what is tested; a PostgreSQL
-URL works when `psycopg` is installed. Every state change is a single transaction, so a crash at any point
-leaves the ledger consistent.
+a changed object (new version) is pending again. SQLite (WAL) is the default; a `postgresql://` URL shares one
+ledger between hosts (needs `psycopg`). Every state change is a single transaction, so a crash at any point
+leaves the ledger consistent; claims and finishes can cover several items per transaction.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ CREATE TABLE IF NOT EXISTS items (
     key          TEXT NOT NULL,
     version      TEXT NOT NULL,
     next_version TEXT,
-    size         INTEGER,
+    size         BIGINT,
     state        TEXT NOT NULL CHECK (state IN ('pending', 'leased', 'done', 'failed')),
     attempts     INTEGER NOT NULL DEFAULT 0,
     lease_owner  TEXT,
@@ -49,15 +51,29 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_claim ON items (source_url, sink_url, state, not_before);
 """
 
+_SCHEMA_LOCK = 0x65617273686F74  # PostgreSQL advisory lock id ("earshot") that serialises schema creation
+
 _COLS = (
     "source_url, sink_url, key, version, size, state, attempts, lease_owner, lease_until, not_before, "
     "last_error, last_reason, created_at, updated_at, finished_at"
 )
 
+# Claimable items of (source, sink) at a time `now` (params: source, sink, now, now, limit), oldest first.
+_DUE = (
+    "source_url=? AND sink_url=? AND ((state='pending' AND not_before<=?) OR (state='leased' AND lease_until<?)) "
+    "ORDER BY not_before, created_at, key LIMIT ?"
+)
+# A claim (params: owner, lease_until, now): the lease, one more attempt, and the newest version seen.
+_CLAIM_SET = (
+    "state='leased', attempts=attempts+1, lease_owner=?, lease_until=?, version=COALESCE(next_version, version), "
+    "next_version=NULL, updated_at=?"
+)
 
-def default_owner() -> str:
-    """`host:pid:thread` — identifies a worker; the pid lets a restart on the same host reclaim at once."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+def default_owner(tag: object = None) -> str:
+    """`host:pid:tag` (tag defaults to the thread id) — identifies a worker; the pid lets a restart on the same
+    host reclaim its leases at once."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() if tag is None else tag}"
 
 
 def backoff_delay(attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
@@ -87,6 +103,17 @@ class Item:
     finished_at: float | None
 
 
+@dataclass
+class Final:
+    """The final outcome of a held item, for `Ledger.finish_many`."""
+
+    item: Item
+    state: str  # done | failed
+    error: str | None = None
+    reason: str | None = None
+    result: str | None = None
+
+
 class Ledger(ABC):
     """Pluggable ledger interface (SQLite and PostgreSQL implement it)."""
 
@@ -95,20 +122,31 @@ class Ledger(ABC):
         """Record (key, version, size) objects: new or changed ones become pending. Returns how many."""
 
     @abstractmethod
+    def claim_many(self, source: str, sink: str, owner: str, lease: float, limit: int) -> list[Item]:
+        """Atomically lease up to `limit` (at most 500) due items (pending, or leased with an expired lease);
+        attempts += 1 each."""
+
     def claim(self, source: str, sink: str, owner: str, lease: float) -> Item | None:
-        """Atomically lease the next due item (pending, or leased with an expired lease); attempts += 1."""
+        """Lease the next due item, or None."""
+        items = self.claim_many(source, sink, owner, lease, 1)
+        return items[0] if items else None
 
     @abstractmethod
     def renew(self, item: Item, owner: str, lease: float) -> bool:
         """Extend a held lease; False when it was lost."""
 
     @abstractmethod
+    def finish_many(self, owner: str, finals: Sequence[Final]) -> list[bool]:
+        """Mark held items done or failed in one transaction; per item False when its lease was lost. A changed
+        object goes back to pending instead."""
+
     def finish(self, item: Item, owner: str, state: str, *, error: str | None = None,
                reason: str | None = None, result: str | None = None) -> bool:
-        """Mark a held item done or failed (final). A changed object goes back to pending instead."""
+        """Mark one held item done or failed (see `finish_many`)."""
+        return self.finish_many(owner, [Final(item, state, error, reason, result)])[0]
 
     @abstractmethod
-    def retry(self, item: Item, owner: str, delay: float, *, error: str, reason: str,
+    def retry(self, item: Item, owner: str, delay: float, *, error: str | None, reason: str | None,
               count: bool = True) -> bool:
         """Give a held item back as pending after `delay` s; `count=False` refunds the attempt."""
 
@@ -139,11 +177,17 @@ class Ledger(ABC):
 class SQLiteLedger(Ledger):
     """SQLite in WAL mode; one connection per thread; claims under BEGIN IMMEDIATE (the database write lock)."""
 
+    # Row lock for servers with concurrent writers (PostgreSQL); SQLite serialises writers with BEGIN IMMEDIATE.
+    _FOR_UPDATE = ""
+
     def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0):
         self.path = str(Path(path).expanduser())
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._local = threading.local()
+        # SQLite has one writer at a time: this process's threads queue on a lock that wakes the next one at
+        # once, instead of polling the database lock in SQLite's busy handler (sleeps of 1 ms and more).
+        self._writer: AbstractContextManager = threading.Lock()
         self._conn().executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
@@ -166,57 +210,68 @@ class SQLiteLedger(Ledger):
             self._local.conn = c
         return c
 
+    def _begin(self, c) -> None:
+        for i in range(50):
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or i == 49:
+                    raise StorageError(str(e), source=self.path, reason="ledger_busy") from e
+                time.sleep(0.05 * (i + 1))
+
+    @contextmanager
     def _tx(self):
-        ledger = self
-
-        class _Tx:
-            def __enter__(self):
-                self.c = ledger._conn()
-                for i in range(50):
-                    try:
-                        self.c.execute("BEGIN IMMEDIATE")
-                        break
-                    except sqlite3.OperationalError as e:
-                        if "locked" not in str(e) and "busy" not in str(e) or i == 49:
-                            raise StorageError(str(e), source=ledger.path, reason="ledger_busy") from e
-                        time.sleep(0.05 * (i + 1))
-                return self.c
-
-            def __exit__(self, et, ev, tb):
-                if et is None:
-                    self.c.execute("COMMIT")
-                else:
-                    self.c.execute("ROLLBACK")
-                return False
-
-        return _Tx()
+        """One transaction on this thread's connection: commit on success, roll back on any error."""
+        with self._writer:
+            c = self._conn()
+            self._begin(c)
+            try:
+                yield c
+            except BaseException:
+                with suppress(Exception):  # a dropped connection cannot roll back; keep the original error
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
 
     # -- writes
+
+    def _change(self, c, source: str, sink: str, key: str, version: str, lock: str = "") -> tuple | None:
+        """None when `version` of `key` is already recorded; () when the key is new; else (state, lease_until)."""
+        cur = c.execute(
+            "SELECT version, next_version, state, lease_until, last_reason FROM items "
+            f"WHERE source_url=? AND sink_url=? AND key=?{lock}",
+            (source, sink, key),
+        ).fetchone()
+        if cur is None:
+            return ()
+        old, nxt, state, until, last_reason = cur
+        if version in (old, nxt) and not (state == "failed" and last_reason == "vanished"):
+            return None  # unchanged (an object that vanished mid-run and is back is new work)
+        return state, until
 
     def sync(self, source, sink, objects):
         now = time.time()
         n = 0
-        rows = list(objects)
+        rows = sorted(objects)  # one lock order for every writer (PostgreSQL row locks)
         if not rows:
             return 0
         with self._tx() as c:
             for key, version, size in rows:
-                cur = c.execute(
-                    "SELECT version, next_version, state, lease_until, last_reason FROM items "
-                    "WHERE source_url=? AND sink_url=? AND key=?",
-                    (source, sink, key),
-                ).fetchone()
-                if cur is None:
-                    c.execute(
-                        "INSERT INTO items (source_url, sink_url, key, version, size, state, created_at, updated_at)"
-                        " VALUES (?,?,?,?,?,'pending',?,?)",
-                        (source, sink, key, version, size, now, now),
-                    )
-                    n += 1
+                change = self._change(c, source, sink, key, version)
+                if change and self._FOR_UPDATE:  # only rows that change are locked, then read again
+                    change = self._change(c, source, sink, key, version, self._FOR_UPDATE)
+                if change is None:
                     continue
-                old, nxt, state, until, last_reason = cur
-                if version in (old, nxt) and not (state == "failed" and last_reason == "vanished"):
-                    continue  # unchanged (an object that vanished mid-run and is back is new work)
+                if change == ():
+                    # Another process may record the same new object at the same moment: its row stands.
+                    n += c.execute(
+                        "INSERT INTO items (source_url, sink_url, key, version, size, state, created_at, updated_at)"
+                        " VALUES (?,?,?,?,?,'pending',?,?) ON CONFLICT DO NOTHING",
+                        (source, sink, key, version, size, now, now),
+                    ).rowcount
+                    continue
+                state, until = change
                 if state == "leased" and (until or 0) >= now:
                     # A worker holds the old version: it goes pending again with this one when that finishes.
                     c.execute(
@@ -234,27 +289,18 @@ class SQLiteLedger(Ledger):
                 n += 1
         return n
 
-    def claim(self, source, sink, owner, lease):
-        now = time.time()
-        with self._tx() as c:
-            row = c.execute(
-                "SELECT key FROM items WHERE source_url=? AND sink_url=? AND "
-                "((state='pending' AND not_before<=?) OR (state='leased' AND lease_until<?)) "
-                "ORDER BY not_before, created_at, key LIMIT 1",
-                (source, sink, now, now),
-            ).fetchone()
-            if row is None:
-                return None
-            c.execute(
-                "UPDATE items SET state='leased', attempts=attempts+1, lease_owner=?, lease_until=?, "
-                "version=COALESCE(next_version, version), next_version=NULL, updated_at=? "
-                "WHERE source_url=? AND sink_url=? AND key=?",
-                (owner, now + lease, now, source, sink, row[0]),
-            )
-            r = c.execute(
-                f"SELECT {_COLS} FROM items WHERE source_url=? AND sink_url=? AND key=?", (source, sink, row[0])
-            ).fetchone()
-        return Item(*r)
+    def claim_many(self, source, sink, owner, lease, limit):
+        now, limit = time.time(), min(int(limit), 500)  # keys are bound parameters: old SQLite allows 999
+        with self._tx() as c:  # the write lock: nobody else can claim between the SELECT and the UPDATE
+            keys = [r[0] for r in c.execute(f"SELECT key FROM items WHERE {_DUE}", (source, sink, now, now, limit))]
+            if not keys:
+                return []
+            marks = ",".join("?" * len(keys))
+            c.execute(f"UPDATE items SET {_CLAIM_SET} WHERE source_url=? AND sink_url=? AND key IN ({marks})",
+                      (owner, now + lease, now, source, sink, *keys))
+            rows = c.execute(f"SELECT {_COLS} FROM items WHERE source_url=? AND sink_url=? AND key IN ({marks})",
+                             (source, sink, *keys)).fetchall()
+        return sorted((Item(*r) for r in rows), key=lambda i: (i.created_at, i.key))
 
     def renew(self, item, owner, lease):
         with self._tx() as c:
@@ -265,22 +311,27 @@ class SQLiteLedger(Ledger):
             )
             return cur.rowcount == 1
 
-    def finish(self, item, owner, state, *, error=None, reason=None, result=None):
-        if state not in ("done", "failed"):
-            raise ValueError(state)
+    def finish_many(self, owner, finals):
+        if any(f.state not in ("done", "failed") for f in finals):
+            raise ValueError([f.state for f in finals])
+        if not finals:
+            return []
         now = time.time()
+        ok = [False] * len(finals)
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE items SET "
-                "state=CASE WHEN next_version IS NULL THEN ? ELSE 'pending' END, "
-                "attempts=CASE WHEN next_version IS NULL THEN attempts ELSE 0 END, "
-                "version=COALESCE(next_version, version), next_version=NULL, "
-                "lease_owner=NULL, lease_until=NULL, not_before=0, last_error=?, last_reason=?, result=?, "
-                "finished_at=?, updated_at=? "
-                "WHERE source_url=? AND sink_url=? AND key=? AND state='leased' AND lease_owner=?",
-                (state, error, reason, result, now, now, item.source_url, item.sink_url, item.key, owner),
-            )
-            return cur.rowcount == 1
+            for i in sorted(range(len(finals)), key=lambda i: finals[i].item.key):  # one lock order (see sync)
+                f, it = finals[i], finals[i].item
+                ok[i] = c.execute(
+                    "UPDATE items SET "
+                    "state=CASE WHEN next_version IS NULL THEN ? ELSE 'pending' END, "
+                    "attempts=CASE WHEN next_version IS NULL THEN attempts ELSE 0 END, "
+                    "version=COALESCE(next_version, version), next_version=NULL, "
+                    "lease_owner=NULL, lease_until=NULL, not_before=0, last_error=?, last_reason=?, result=?, "
+                    "finished_at=?, updated_at=? "
+                    "WHERE source_url=? AND sink_url=? AND key=? AND state='leased' AND lease_owner=?",
+                    (f.state, f.error, f.reason, f.result, now, now, it.source_url, it.sink_url, it.key, owner),
+                ).rowcount == 1
+        return ok
 
     def retry(self, item, owner, delay, *, error, reason, count=True):
         now = time.time()
@@ -302,7 +353,7 @@ class SQLiteLedger(Ledger):
                 "SELECT key, lease_owner FROM items WHERE source_url=? AND sink_url=? AND state='leased'",
                 (source, sink),
             ).fetchall()
-            for key, owner in rows:
+            for key, owner in sorted(rows):  # one lock order (see sync)
                 try:
                     h, pid, _ = (owner or "").split(":")
                     pid = int(pid)
@@ -324,15 +375,14 @@ class SQLiteLedger(Ledger):
         if state:
             q += " AND state=?"
             args.append(state)
-        rows = self._conn().execute(f"SELECT {_COLS} FROM items WHERE {q} ORDER BY key", args).fetchall()
-        return [Item(*r) for r in rows]
+        rows = self._conn().execute(f"SELECT {_COLS} FROM items WHERE {q}", args).fetchall()
+        return sorted((Item(*r) for r in rows), key=lambda i: i.key)  # code-point order on every backend
 
     def results(self, source, sink):
-        return self._conn().execute(
-            "SELECT key, result FROM items WHERE source_url=? AND sink_url=? AND state IN ('done','failed') "
-            "ORDER BY key",
+        return sorted(self._conn().execute(
+            "SELECT key, result FROM items WHERE source_url=? AND sink_url=? AND state IN ('done','failed')",
             (source, sink),
-        ).fetchall()
+        ).fetchall())
 
     def unfinished(self, source, sink):
         return self._conn().execute(
@@ -386,61 +436,67 @@ class SQLiteLedger(Ledger):
 
 
 class PostgresLedger(SQLiteLedger):
-    """PostgreSQL via psycopg (3): same schema and queries; claims use SELECT ... FOR UPDATE SKIP LOCKED."""
+    """PostgreSQL via psycopg (3), for workers on several hosts: the same schema and queries, plus row locks
+    (claims skip rows another worker is claiming, sync and finish wait for them)."""
 
-    def __init__(self, url: str):  # pragma: no cover - not exercised in the test suite
+    _FOR_UPDATE = " FOR UPDATE"
+
+    def __init__(self, url: str, *, timeout: float = 60.0):
         try:
             import psycopg
         except ImportError as e:
-            raise StorageError("a PostgreSQL ledger needs psycopg: pip install 'psycopg[binary]'",
-                               source=url, reason="needs_psycopg") from e
+            raise StorageError("a PostgreSQL ledger needs psycopg: pip install 'earshot[postgres]'",
+                               source=_redact(url), reason="needs_psycopg") from e
         self._psycopg = psycopg
-        self.path = url
-        self.timeout = 60.0
+        self._dsn = url
+        self.path = _redact(url)  # shown in status and logs
+        self.timeout = timeout
         self._local = threading.local()
+        self._writer = nullcontext()  # row locks: transactions run side by side
         with self._tx() as c:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
+            c.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))  # two first starts at once
+            c.executescript(_SCHEMA)
 
-    def _conn(self):  # pragma: no cover
+    def _conn(self) -> _PgAdapter:
         c = getattr(self._local, "conn", None)
-        if c is None:
-            c = _PgAdapter(self._psycopg.connect(self.path, autocommit=True))
-            self._local.conn = c
+        if c is None or c.conn.closed:  # psycopg closes a connection the server dropped: connect again
+            try:
+                conn = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=int(self.timeout))
+            except self._psycopg.OperationalError as e:
+                raise StorageError(str(e), source=self.path, reason="unreachable") from e
+            c = self._local.conn = _PgAdapter(conn)
         return c
 
-    def _tx(self):  # pragma: no cover
-        ledger = self
+    def _begin(self, c) -> None:
+        c.execute("BEGIN")
 
-        class _Tx:
-            def __enter__(self):
-                self.c = ledger._conn()
-                self.c.execute("BEGIN")
-                return self.c
-
-            def __exit__(self, et, ev, tb):
-                self.c.execute("COMMIT" if et is None else "ROLLBACK")
-                return False
-
-        return _Tx()
-
-    def claim(self, source, sink, owner, lease):  # pragma: no cover
+    def claim_many(self, source, sink, owner, lease, limit):
         now = time.time()
+        # The CTE runs once (a LIMIT subquery under IN may be re-run per row and lease more than `limit`); rows
+        # that another worker is claiming are skipped, not waited for.
         with self._tx() as c:
-            r = c.execute(
-                f"UPDATE items SET state='leased', attempts=attempts+1, lease_owner=?, lease_until=?, "
-                "version=COALESCE(next_version, version), next_version=NULL, updated_at=? "
-                "WHERE (source_url, sink_url, key) = (SELECT source_url, sink_url, key FROM items "
-                "WHERE source_url=? AND sink_url=? AND ((state='pending' AND not_before<=?) OR "
-                "(state='leased' AND lease_until<?)) ORDER BY not_before, created_at, key LIMIT 1 "
-                f"FOR UPDATE SKIP LOCKED) RETURNING {_COLS}",
-                (owner, now + lease, now, source, sink, now, now),
-            ).fetchone()
-        return Item(*r) if r else None
+            rows = c.execute(
+                f"WITH due AS (SELECT key AS due_key FROM items WHERE {_DUE} FOR UPDATE SKIP LOCKED) "
+                f"UPDATE items SET {_CLAIM_SET} FROM due WHERE source_url=? AND sink_url=? AND key=due.due_key "
+                f"RETURNING {_COLS}",
+                (source, sink, now, now, limit, owner, now + lease, now, source, sink),
+            ).fetchall()
+        return sorted((Item(*r) for r in rows), key=lambda i: (i.created_at, i.key))
 
 
-class _PgAdapter:  # pragma: no cover
+def _redact(url: str) -> str:
+    """The URL without its password (for status output and logs)."""
+    p = urllib.parse.urlsplit(url)
+    netloc = p.netloc
+    if p.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = urllib.parse.urlencode([(k, "***" if k == "password" else v)
+                                    for k, v in urllib.parse.parse_qsl(p.query, keep_blank_values=True)])
+    return urllib.parse.urlunsplit(p._replace(netloc=netloc, query=query))
+
+
+class _PgAdapter:
     """Lets the SQLite queries (qmark style) run on a psycopg connection."""
 
     def __init__(self, conn):

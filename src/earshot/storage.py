@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import tempfile
 import time
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,12 @@ class Store(ABC):
         """The object's bytes; StorageError(reason="not_found"|"unreachable"|...) on failure."""
 
     @abstractmethod
-    def put_atomic(self, key: str, data: bytes) -> None:
-        """Write the whole object or nothing (readers never see a partial object)."""
+    def put_atomic(self, key: str, data: bytes, *, sync_folder: bool = True) -> None:
+        """Write the whole object or nothing (readers never see a partial object), durably. `sync_folder=False`
+        leaves the new name's durability to a later `sync_folders` covering it (one sync for many objects)."""
+
+    def sync_folders(self, keys: Iterable[str]) -> None:  # noqa: B027 - nothing to do for most stores
+        """Make the names of objects written with `sync_folder=False` (and deletions beside them) durable."""
 
     @abstractmethod
     def head(self, key: str) -> ObjectInfo | None:
@@ -113,16 +118,25 @@ class LocalStore(Store):
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
+        self._real_root = os.path.realpath(self.root)
 
     def _path(self, key: str) -> Path:
         safe_key(key)
-        p = self.root.joinpath(*key.split("/"))
-        # Symlinked folders inside the root must not lead out of it either.
-        parent = p.parent.resolve() if p.parent.exists() else p.parent
-        root = self.root.resolve()
-        if parent != root and root not in parent.parents:
-            raise StorageError("key resolves outside the store", source=key, reason="unsafe_key")
-        return p
+        parts = key.split("/")
+        # Folders of the key that are symlinks must not lead out of the root either (the root was resolved once).
+        # Only existing folders can be links: the first missing one (to be created) ends the check.
+        folder = self.root
+        for name in parts[:-1]:
+            folder = folder / name
+            try:
+                if not stat.S_ISLNK(os.lstat(folder).st_mode):
+                    continue
+            except FileNotFoundError:
+                break
+            real = os.path.realpath(folder)
+            if real != self._real_root and not real.startswith(os.path.join(self._real_root, "")):
+                raise StorageError("key resolves outside the store", source=key, reason="unsafe_key")
+        return self.root.joinpath(*parts)
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
@@ -167,28 +181,42 @@ class LocalStore(Store):
         except OSError as e:
             raise StorageError(str(e), source=key, reason="read_error") from e
 
-    def put_atomic(self, key: str, data: bytes) -> None:
+    def put_atomic(self, key: str, data: bytes, *, sync_folder: bool = True) -> None:
         path = self._path(key)
+
+        def temp() -> tuple[int, str]:
+            return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_MARK)
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_MARK)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                fd, tmp = temp()
+            except FileNotFoundError:  # the first file in this folder
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = temp()
+            try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except BaseException:
                 with _suppress():
                     os.unlink(tmp)
                 raise
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            if sync_folder:
+                _fsync_folder(path.parent)
         except OSError as e:
             raise StorageError(str(e), source=key, reason="write_error") from e
+
+    def sync_folders(self, keys: Iterable[str]) -> None:
+        for folder in {self._path(k).parent for k in keys}:
+            try:
+                _fsync_folder(folder)
+            except OSError as e:
+                raise StorageError(str(e), source=str(folder), reason="write_error") from e
 
     def delete(self, key: str) -> None:
         try:
@@ -216,6 +244,15 @@ class LocalStore(Store):
                         os.unlink(os.path.join(dirpath, name))
                         n += 1
         return n
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the folder's entries (a rename or an unlink in it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _suppress:
@@ -336,8 +373,8 @@ class S3Store(Store):
         except Exception as e:
             raise _s3_error(e, key) from e
 
-    def put_atomic(self, key: str, data: bytes) -> None:
-        safe_key(key)
+    def put_atomic(self, key: str, data: bytes, *, sync_folder: bool = True) -> None:
+        safe_key(key)  # a PUT is atomic and durable by itself
         ctype = "application/json" if key.endswith(".json") else "application/octet-stream"
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=ctype)
