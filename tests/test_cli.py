@@ -11,8 +11,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.conftest import DATA, esc50_clip
+from conftest import DATA, esc50_clip
 
 
 def earshot(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-
-from tests.conftest import DATA, REFERENCE, SHARED, esc50_clip
+from conftest import DATA, REFERENCE, SHARED, esc50_clip
 
 REF = json.loads((REFERENCE / "mn04_as" / "reference.json").read_text())
 

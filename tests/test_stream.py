@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import DATA, esc50_clip
 
 from earshot.errors import AudioError
 from earshot.stream import EventTracker, run, stream
-from tests.conftest import DATA, esc50_clip
 
 SPEECH = DATA / "speech_commands_v0.01_subset"
 

@@ -93,7 +93,7 @@ class Classifier:
             self._inflight += 1
             busy = self._inflight > 1
         try:
-            chosen = self._single_thread_session() if busy else self.session
+            chosen = self.single_thread_session() if busy else self.session
             return chosen.run(list(outputs), {"waveform": x})
         finally:
             with self._lock:
@@ -120,7 +120,7 @@ class Classifier:
         chunks = [frames[i : i + 8] for i in range(0, len(frames), 8)]
         workers = min(len(chunks), os.cpu_count() or 1)
         if workers > 1:
-            session = self._single_thread_session()
+            session = self.single_thread_session()
             with ThreadPoolExecutor(workers) as pool:
                 parts = list(pool.map(lambda c: self.run(c, outputs, session), chunks))
         else:
@@ -180,7 +180,7 @@ class Classifier:
         single-threaded session: for one clip at a time that beats both batching and intra-op threads on CPU.
         """
         workers = workers or os.cpu_count() or 1
-        session = self._single_thread_session() if workers > 1 else self.session
+        session = self.single_thread_session() if workers > 1 else self.session
 
         def one(s: Source) -> Prediction:
             try:
@@ -198,7 +198,9 @@ class Classifier:
                     pending.append(pool.submit(one, s))
                 yield result
 
-    def _single_thread_session(self) -> ort.InferenceSession:
+    def single_thread_session(self) -> ort.InferenceSession:
+        """A second session with one intra-op thread (created once), for callers that run model calls from
+        several threads at once: pass it as `session=` so the calls do not oversubscribe the cores."""
         if self._st_session is None:
             with self._st_lock:
                 if self._st_session is None:

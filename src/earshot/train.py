@@ -94,6 +94,29 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class _BestEpoch:
+    """Early stopping with a best checkpoint: keeps the weights of the best (validation accuracy, then lower loss)
+    epoch so far; `done` once `patience` epochs have passed without a better one."""
+
+    def __init__(self, patience: float, key: tuple[float, float] | None = None, state: dict | None = None) -> None:
+        self.patience, self.key, self.state, self.since = patience, key, state, 0
+
+    def update(self, model: nn.Module, accuracy: float, loss: float = 0.0) -> None:
+        key = (accuracy, -loss)
+        if self.key is None or key > self.key:
+            self.key, self.state, self.since = key, copy.deepcopy(model.state_dict()), 0
+        else:
+            self.since += 1
+
+    @property
+    def done(self) -> bool:
+        return self.since >= self.patience
+
+    @property
+    def accuracy(self) -> float:
+        return self.key[0]
+
+
 def _skip(manifest: Manifest, bad: list[tuple[int, str]], log: _Log) -> None:
     """Drop unreadable items (indices before any split) and report each one."""
     for i, reason in sorted(bad, reverse=True):
@@ -183,7 +206,7 @@ def transfer_features(manifest: Manifest, backbone: str = "mn04-as", log: _Log |
         if clf is None:
             clf = Classifier.load(feature_extractor(backbone))
         try:
-            y = clf.decode(it.source, str(it.path))
+            y = clf.decode(raw, str(it.path))  # the bytes already read for the hash
         except AudioError as e:
             bad.append((i, _reason(e)))
             rows.append(None)
@@ -219,7 +242,7 @@ def _fit_head(x_tr, y_tr, x_va, y_va, n_classes: int, *, epochs: int, seed: int,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     bs = 64
-    best, best_key, history, since = None, None, [], 0
+    best, history = _BestEpoch(patience), []
     for epoch in range(1, epochs + 1):
         head.train()
         perm = torch.randperm(len(xt), generator=gen).to(dev)
@@ -237,18 +260,14 @@ def _fit_head(x_tr, y_tr, x_va, y_va, n_classes: int, *, epochs: int, seed: int,
             vloss = float(loss_fn(out, yv))
             vacc = float((out.argmax(1) == yv).float().mean())
         history.append({"epoch": epoch, "loss": total / len(xt), "val_loss": vloss, "val_acc": vacc})
-        key = (vacc, -vloss)
-        if best_key is None or key > best_key:
-            best, best_key, since = copy.deepcopy(head.state_dict()), key, 0
-        else:
-            since += 1
+        best.update(head, vacc, vloss)
         if epoch % 25 == 0 or epoch == 1:
             log(f"head epoch {epoch}: loss {total / len(xt):.4f} val_loss {vloss:.4f} val_acc {vacc:.4f}",
                 stage="epoch", family="transfer", epoch=epoch, loss=total / len(xt), val_acc=vacc)
-        if since >= patience:
+        if best.done:
             break
-    head.load_state_dict(best)
-    return head.cpu().eval(), history, best_key[0]
+    head.load_state_dict(best.state)
+    return head.cpu().eval(), history, best.accuracy
 
 
 def train_transfer(manifest: Manifest, feats: np.ndarray, tr: np.ndarray, va: np.ndarray, *, backbone: str,
@@ -315,7 +334,7 @@ def _finetune(trained: Trained, manifest: Manifest, tr, va, *, epochs: int | Non
                 ok += int((model.logits(xb)[0].argmax(1) == yb).sum())
         return ok / max(1, len(ids))
 
-    best_acc, best = trained.val_accuracy, copy.deepcopy(model.state_dict())
+    best = _BestEpoch(math.inf, (trained.val_accuracy, 0.0), copy.deepcopy(model.state_dict()))
     gen = np.random.default_rng(seed)
     train_ids = [int(i) for i in tr if int(i) in waves]
     for epoch in range(1, (epochs or 3) + 1):
@@ -334,10 +353,9 @@ def _finetune(trained: Trained, manifest: Manifest, tr, va, *, epochs: int | Non
         trained.history.append({"epoch": len(trained.history) + 1, "loss": total / len(order), "val_acc": acc})
         log(f"finetune epoch {epoch}: loss {total / len(order):.4f} val_acc {acc:.4f}", stage="epoch",
             family="transfer", epoch=epoch, loss=total / len(order), val_acc=acc)
-        if acc > best_acc:
-            best_acc, best = acc, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best)
-    trained.model, trained.val_accuracy = model.cpu().eval(), best_acc
+        best.update(model, acc)
+    model.load_state_dict(best.state)
+    trained.model, trained.val_accuracy = model.cpu().eval(), best.accuracy
     trained.config.update({"finetune": True, "finetune_lr": {"backbone": 1e-4, "head": 5e-4},
                            "finetune_epochs": epochs or 3})
     return trained
@@ -489,9 +507,9 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
     steps = n_epochs * math.ceil(len(tr) / bs)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
-    best, best_key, history, since = None, None, [], 0
-    beta = torch.distributions.Beta(torch.tensor(0.4), torch.tensor(0.4))
     patience = max(10, n_epochs // 2)
+    best, history = _BestEpoch(patience), []
+    beta = torch.distributions.Beta(torch.tensor(0.4), torch.tensor(0.4))
     for epoch in range(1, n_epochs + 1):
         net.train()
         perm = torch.randperm(len(tr), generator=gen)
@@ -522,14 +540,10 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
         log(f"cnn epoch {epoch}/{n_epochs}: loss {total / len(tr):.4f} val_loss {vloss:.4f} val_acc {vacc:.4f} "
             f"({time.time() - t_ep:.1f}s)", stage="epoch", family="cnn", epoch=epoch, loss=total / len(tr),
             val_acc=vacc)
-        key = (vacc, -vloss)
-        if best_key is None or key > best_key:
-            best, best_key, since = copy.deepcopy(net.state_dict()), key, 0
-        else:
-            since += 1
-        if since >= patience:
+        best.update(net, vacc, vloss)
+        if best.done:
             break
-    net.load_state_dict(best)
+    net.load_state_dict(best.state)
     model = WaveformTagger(EfficientATMel(**CNN_FRONTEND), net.cpu(), None, multi_label=False).eval()
     config = {"frontend": dict(CNN_FRONTEND), "network": "CompactCNN", "lr": 3e-3, "schedule": "one-cycle",
               "weight_decay": 1e-2, "batch_size": bs, "epochs_run": len(history), "max_epochs": n_epochs,
@@ -537,7 +551,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
                          "(p .5), time shift/crop, SpecAugment 2F×8 2T×10%, "
                          "mixup Beta(.4,.4) on half of the batches",
               "early_stopping": f"validation accuracy, then loss; patience {patience}"}
-    return Trained("cnn", model, sr, window, window, best_key[0], history, config)
+    return Trained("cnn", model, sr, window, window, best.accuracy, history, config)
 
 
 # ------------------------------------------------------------------------------------------------- driver
