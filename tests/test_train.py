@@ -51,6 +51,26 @@ def test_window_for():
     assert window_for([60.0]) == 10.0
 
 
+def test_cnn_augmentation_varies_level_and_colouring():
+    """Each training example gets its own level (±20 dB) and a smooth equaliser curve: the recording chains of
+    unseen sources differ by that much (FSDD speakers sit 20 dB apart)."""
+    import math
+
+    import torch
+
+    from earshot.train import _MelAugment
+
+    x = torch.full((256, 1, 64, 100), 0.5)  # a flat, steady spectrum
+    out = _MelAugment(torch.Generator().manual_seed(0))(x)
+    db = (out.median(dim=3).values[:, 0] - 0.5) * 5 * 10 / math.log(10)  # per example and band, in dB
+    level = db.median(dim=1).values
+    assert level.max() - level.min() > 30 and level.abs().max() < 40
+    shape = db - db.median(dim=1, keepdim=True).values
+    assert (shape.std(dim=1) > 2).float().mean() > 0.5  # most examples are coloured, not just shifted
+    # smooth: neighbouring bands move together (masked bands excepted, hence the median)
+    assert shape.diff(dim=1).abs().median() < 1.0
+
+
 # ------------------------------------------------------------------------------------------------ layouts
 
 

@@ -417,6 +417,12 @@ _AV_ONLY = {"aac", "mp4", "matroska", "asf", "flv", "amr", "avi"}
 _KIND_NAMES = {"wav": "WAV", "riff": "RIFF", "mp4": "MP4/M4A", "matroska": "Matroska/WebM", "aac": "AAC"}
 
 
+def not_audio(head: bytes) -> str | None:
+    """What the first bytes of an input look like when they are clearly not audio (an image, a PDF, text...),
+    else None: lets every reader refuse such input with the same words before trying a decoder."""
+    return _NOT_AUDIO.get(_sniff(head) or "")
+
+
 def _sniff(head: bytes) -> str | None:
     """A coarse guess of what the bytes are, from their magic numbers."""
     if head.startswith(b"RIFF"):
@@ -679,7 +685,7 @@ class _AvStream(_Stream):
                 ) from e
             if not frame.samples:
                 continue
-            y = _frame_to_mono(frame)
+            y = frame_to_mono(frame)
             if frame.sample_rate and frame.sample_rate != rate:  # a mid-stream rate change: follow the first
                 y = soxr.resample(y, frame.sample_rate, rate)
             yield y
@@ -695,7 +701,7 @@ class _AvStream(_Stream):
         self._c.close()
 
 
-def _frame_to_mono(frame: Any) -> np.ndarray:
+def frame_to_mono(frame: Any) -> np.ndarray:
     """A PyAV AudioFrame as mono float32 (channels averaged, integer formats scaled to [-1, 1))."""
     a = frame.to_ndarray()
     channels = frame.layout.nb_channels
@@ -719,8 +725,8 @@ def _open_stream(src: _Input, limit: float | None, *, streaming: bool = False) -
     whole-file decoding keeps libsndfile, which the pretrained references were computed with.
     """
     kind = _sniff(src.head)
-    if kind in _NOT_AUDIO:
-        raise _error(src, "unsupported", f"is not audio: it looks like {_NOT_AUDIO[kind]}")
+    if (looks_like := not_audio(src.head)) is not None:
+        raise _error(src, "unsupported", f"is not audio: it looks like {looks_like}")
     if kind in ("wav", "riff"):
         _check_wav(src)
 

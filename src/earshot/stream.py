@@ -189,9 +189,8 @@ def _pipe_feed(f: IO[bytes], name: str, raw_format: str | None, rate: int | None
     if not head:
         raise _err(name, "empty", "no input: the stream ended before any byte arrived")
     r.unread(head)
-    kind = audio._sniff(head)
-    if kind in audio._NOT_AUDIO:
-        raise _err(name, "unsupported", f"is not audio: it looks like {audio._NOT_AUDIO[kind]} (for headerless "
+    if (looks_like := audio.not_audio(head)) is not None:
+        raise _err(name, "unsupported", f"is not audio: it looks like {looks_like} (for headerless "
                                         "PCM pass --raw-format, --rate and --channels)")
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         feed = _wav_pipe(r, name)
@@ -241,9 +240,11 @@ def _wav_pipe(r: _Reader, name: str) -> _Feed | None:
 
 
 def _import_av(name: str, what: str) -> Any:
-    av = audio._import_av()
-    if av is None:
-        raise _err(name, "needs_media_extra", f"{what} needs the media extra (PyAV) to decode: {audio.MEDIA_EXTRA}")
+    try:
+        import av
+    except ImportError:
+        raise _err(name, "needs_media_extra",
+                   f"{what} needs the media extra (PyAV) to decode: {audio.MEDIA_EXTRA}") from None
     return av
 
 
@@ -276,7 +277,7 @@ def _av_feed(target: Any, name: str, *, options: dict[str, str], timeout: float 
                 raise _err(name, "truncated", f"is truncated or damaged: decoding failed part-way ({e})") from None
             if not frame.samples:
                 continue
-            y = audio._frame_to_mono(frame)
+            y = audio.frame_to_mono(frame)
             if frame.sample_rate and frame.sample_rate != rate:
                 y = soxr.resample(y, frame.sample_rate, rate)
             yield y
