@@ -231,7 +231,7 @@ def test_fsdd_cnn_speaker_independent_with_corrupt_file(fsdd_subset: Path, tmp_p
     from earshot import audio
     from earshot.train import write_bundle
 
-    r = fit(fsdd_subset, model="cnn", label_regex=FSDD_LABEL, group_regex=FSDD_GROUP, val_split=0.34, epochs=12,
+    r = fit(fsdd_subset, model="cnn", label_regex=FSDD_LABEL, group_regex=FSDD_GROUP, val_split=0.34, epochs=30,
             quiet=True)
     out = write_bundle(r, tmp_path / "digits")
     card = json.loads((out / "card.json").read_text())
