@@ -725,8 +725,8 @@ def _open_stream(src: _Input, limit: float | None, *, streaming: bool = False) -
     whole-file decoding keeps libsndfile, which the pretrained references were computed with.
     """
     kind = _sniff(src.head)
-    if (looks_like := not_audio(src.head)) is not None:
-        raise _error(src, "unsupported", f"is not audio: it looks like {looks_like}")
+    if kind in _NOT_AUDIO:
+        raise _error(src, "unsupported", f"is not audio: it looks like {_NOT_AUDIO[kind]}")
     if kind in ("wav", "riff"):
         _check_wav(src)
 

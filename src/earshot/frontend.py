@@ -17,6 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
+LOG_FLOOR, LOG_OFFSET, LOG_SCALE = 1e-5, 4.5, 5.0  # EfficientAT's normalisation: (ln(mel + 1e-5) + 4.5) / 5
+SILENCE_LOGMEL = (math.log(LOG_FLOOR) + LOG_OFFSET) / LOG_SCALE  # the normalised log-mel of digital silence
+
+
+def normalised_log(mel: torch.Tensor) -> torch.Tensor:
+    """Mel power → the normalised log-mel that every model here sees."""
+    return (torch.log(mel + LOG_FLOOR) + LOG_OFFSET) / LOG_SCALE
+
+
+def mel_power(logmel: torch.Tensor) -> torch.Tensor:
+    """The inverse of `normalised_log`: for augmentations that mix in the power domain."""
+    return torch.exp(logmel * LOG_SCALE - LOG_OFFSET) - LOG_FLOOR
+
 
 def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float) -> np.ndarray:
     """Triangular filters equally spaced on the Kaldi mel scale (1127 ln(1 + f/700)), shape [n_mels, n_fft//2+1].
@@ -133,7 +146,7 @@ class EfficientATMel(nn.Module):
         p = self.power(waveform)
         mel = torch.cat([p[:, lo:hi] @ getattr(self, f"mel_{g}") for g, (lo, hi) in enumerate(self.bands)], dim=1)
         mel = mel.reshape(b, -1, self.n_mels).transpose(1, 2)
-        return (torch.log(mel + 1e-5) + 4.5) / 5.0
+        return normalised_log(mel)
 
 
 def _f32(a: np.ndarray) -> torch.Tensor:

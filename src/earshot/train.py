@@ -43,6 +43,7 @@ from earshot.data import Manifest, cv_folds, load_manifest
 from earshot.data import split as split_manifest
 from earshot.errors import AudioError, DataError
 from earshot.evaluate import metrics_for, plot_confusion, score_items
+from earshot.frontend import LOG_SCALE, SILENCE_LOGMEL, mel_power, normalised_log
 
 FAMILIES = ("auto", "transfer", "cnn")
 AUTO_MIN_ACCURACY = 0.95  # auto: below this transfer validation accuracy, try the CNN too
@@ -387,7 +388,7 @@ def window_for(durations: Sequence[float]) -> float:
 
 
 class _MelAugment:
-    """Training-time augmentation on normalised log-mel [b, 1, mels, frames] (log-mel = (ln(mel+1e-5)+4.5)/5).
+    """Training-time augmentation on normalised log-mel [b, 1, mels, frames] (`frontend.normalised_log`).
 
     frequency warp x0.85-1.15 (VTLP-like: other voices) and time stretch x0.8-1.2 (linear interpolation),
     gain ±20 dB (an offset), a random smooth equaliser (other microphones and rooms: four cosines over the mel
@@ -425,14 +426,14 @@ class _MelAugment:
         band = torch.linspace(0, 1, m).view(1, m)
         eq_db = sum((self.rand(b, 1) - 0.5) * self.EQ_DB * torch.cos(math.pi * k * band) for k in range(1, 5))
         gain_db = (self.rand(b, 1) * 2 - 1) * self.GAIN_DB + eq_db  # [b, m]
-        x = x + gain_db.view(b, 1, m, 1) * (math.log(10) / 10) / 5  # power x 10^(dB/10) → ln offset, /5 scale
-        power = torch.exp(x * 5 - 4.5) - 1e-5
+        x = x + gain_db.view(b, 1, m, 1) * (math.log(10) / 10) / LOG_SCALE  # power x 10^(dB/10): a log offset
+        power = mel_power(x)
         level = power.mean(dim=(2, 3), keepdim=True)
         snr_db = (self.rand(b) * 30 + 10).view(b, 1, 1, 1)
         tilt = torch.linspace(0, 1, m).view(1, 1, m, 1) * (self.rand(b).view(b, 1, 1, 1) * 2 - 1)
         noise = torch.exp(tilt * 2) * (0.5 + self.rand(b, 1, m, t)) * level * 10 ** (-snr_db / 10)
         apply = (self.rand(b) < 0.5).float().view(b, 1, 1, 1)
-        x = (torch.log(power.clamp_min(0) + apply * noise + 1e-5) + 4.5) / 5
+        x = normalised_log(power.clamp_min(0) + apply * noise)
         floor = x.amin(dim=(2, 3), keepdim=True)
         for _ in range(2):
             f = (self.rand(b) * 9).long()
@@ -482,7 +483,6 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
 
     t0 = time.time()
     train_mels = mels(tr, w)
-    silence = float(frontend(torch.zeros(1, w))[0].mean())
     # the tail of each clip padded with silence: lets the random shift move the clip right
     content = [frontend.n_frames(len(waves[int(i)])) for i in tr]
     val_x = torch.stack([m[:, :n_frames] for m in mels(va, w)]).unsqueeze(1)
@@ -505,7 +505,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
             else:  # short clip: random shift right within the window
                 slack = max(0, n_frames - content[k])
                 s = int(torch.randint(0, slack + 1, (1,), generator=gen)) if slack else 0
-                pad = torch.full((m.shape[0], s), silence)
+                pad = torch.full((m.shape[0], s), SILENCE_LOGMEL)
                 xs.append(torch.cat([pad, m], dim=1)[:, :n_frames])
         return augment(torch.stack(xs).unsqueeze(1))
 
@@ -574,6 +574,7 @@ def _fit_one(manifest: Manifest, tr, va, *, family: str, feats, backbone, epochs
     """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
     candidates: list[Trained] = []
     why = f"--model {family}"
+    with_cnn = family == "cnn"
     if family in ("auto", "transfer"):
         candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
                                          finetune=finetune, log=log))
@@ -581,6 +582,8 @@ def _fit_one(manifest: Manifest, tr, va, *, family: str, feats, backbone, epochs
         median = float(np.median(feats[:, -1])) if feats is not None and len(feats) else 0.0
         t_acc = candidates[0].val_accuracy
         per_class = len(tr) / max(1, len(manifest.labels))
+        with_cnn = median < SPEECH_LIKE_SECONDS or (t_acc < AUTO_MIN_ACCURACY
+                                                    and per_class >= AUTO_CNN_MIN_PER_CLASS)
         if median < SPEECH_LIKE_SECONDS:
             why = f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN too"
         elif t_acc >= AUTO_MIN_ACCURACY:
@@ -592,7 +595,7 @@ def _fit_one(manifest: Manifest, tr, va, *, family: str, feats, backbone, epochs
         else:
             why = f"auto: transfer validation accuracy {t_acc:.3f} < {AUTO_MIN_ACCURACY} with {per_class:.0f} " \
                   "training clips a class → trained the CNN too"
-    if family == "cnn" or (family == "auto" and "CNN too" in why):
+    if with_cnn:
         waves = _cnn_waves(manifest, np.concatenate([tr, va]), waves_cache, log)
         candidates.append(train_cnn(manifest, tr, va, waves, epochs=epochs, seed=seed, log=log))
     chosen = max(candidates, key=lambda c: c.val_accuracy)  # first (transfer) wins ties

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SILENCE_LOGMEL = (float(torch.log(torch.tensor(1e-5))) + 4.5) / 5.0  # EfficientATMel of digital silence
+from earshot.frontend import SILENCE_LOGMEL
 
 
 class EmbeddingHead(nn.Module):
