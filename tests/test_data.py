@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from earshot.data import AUDIO_EXTENSIONS, Manifest, cv_folds, load_manifest, split
+from earshot.audio import EXTENSIONS as AUDIO_EXTENSIONS
+from earshot.data import Manifest, cv_folds, load_manifest, split
 from earshot.errors import DataError
 
 ESC50 = DATA / "esc50"

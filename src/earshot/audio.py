@@ -34,11 +34,16 @@ import soxr
 
 from earshot.errors import AudioError
 
-__all__ = ["AudioInfo", "Blocks", "MAX_SECONDS_ENV", "Source", "blocks", "decode", "duration", "info", "load"]
+__all__ = ["EXTENSIONS", "AudioInfo", "Blocks", "MAX_SECONDS_ENV", "Source", "blocks", "decode", "duration", "info",
+           "is_audio_name", "load"]
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
 MAX_SECONDS_ENV = "EARSHOT_MAX_SECONDS"
+# File names taken as audio where a folder or prefix is listed (CLI inputs, training folders, server samples).
+# Decoding itself never trusts the name: it sniffs the content.
+EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".mp4", ".aiff",
+                        ".aif", ".au", ".caf", ".wma", ".mkv", ".mov"})
 MEDIA_EXTRA = "pip install 'earshot[media]'"
 
 _READ_FRAMES = 1 << 16  # native frames per read: bounds memory of the block reader
@@ -65,6 +70,11 @@ class AudioInfo:
 
 
 # ---------------------------------------------------------------------------------------------- public API
+
+
+def is_audio_name(name: str | os.PathLike) -> bool:
+    """Whether a file or object name has one of the audio `EXTENSIONS` (case-insensitive)."""
+    return os.path.splitext(str(name))[1].lower() in EXTENSIONS
 
 
 def load(

@@ -1,17 +1,12 @@
 """`Classifier`: a bundle on onnxruntime — clip prediction, sliding-window timelines with events, embeddings.
 
 This is the only place where audio meets the model; every shell (CLI, server, watcher, batch, stream) calls it.
-It never imports torch.
-
-Length policy (measured in docs/models.md): a clip up to 1.5 windows long is scored in one pass, as the
-model was trained; a clip shorter than `min_seconds` (card, default 1 s) is followed by silence up to that
-length (on 209 spoken digits, "Speech" ranks first for 94 % padded, 75 % as-is, 74 % tiled); longer audio
-is cut into windows of `window_seconds` with 50 % overlap, aggregated by max (multi-label: "present
-somewhere") or mean (single-label).
+It never imports torch. The clip-length policy is `earshot.clips`, the scores → labels policy `earshot.ranking`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections import deque
@@ -23,17 +18,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import onnxruntime as ort
 
-from earshot import audio
+from earshot import audio, clips, ranking
 from earshot.bundle import Bundle, read_bundle
 from earshot.errors import AudioError
 from earshot.events import EventTracker
 from earshot.prediction import Prediction, Segment
 
 Source = str | os.PathLike | bytes | BinaryIO
-
-DEFAULT_THRESHOLD_MULTI = 0.3
-DEFAULT_THRESHOLD_SINGLE = 0.5
-
 
 def source_title(source: Source) -> str:
     if isinstance(source, str | os.PathLike):
@@ -53,13 +44,12 @@ class Classifier:
         self.label_ids: list[str | None] = list(card.get("label_ids") or [None] * len(self.labels))
         self.sample_rate: int = int(card["sample_rate"])
         self.window_seconds: float = float(card["window_seconds"])
-        self.min_seconds: float = float(card.get("min_seconds", 1.0))
+        self.min_seconds: float = float(card.get("min_seconds", clips.DEFAULT_MIN_SECONDS))
         self.multi_label: bool = bool(card["multi_label"])
-        thresholds = card.get("thresholds")
-        default = DEFAULT_THRESHOLD_MULTI if self.multi_label else DEFAULT_THRESHOLD_SINGLE
-        self.thresholds = np.asarray(thresholds if thresholds else [default] * len(self.labels), dtype=np.float32)
+        self.thresholds = ranking.card_thresholds(card)
         self._lock, self._st_lock = threading.Lock(), threading.Lock()
         self._st_session: ort.InferenceSession | None = None
+        self._pinned: ort.InferenceSession | None = None  # set on single_threaded() views
         self._inflight = 0
         self.session = self._session(threads or os.cpu_count() or 1)
 
@@ -81,9 +71,19 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier({self.name!r}, {len(self.labels)} labels, {self.sample_rate} Hz)"
 
-    # ----------------------------------------------------------------------------------------- model calls
-    def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",), session=None) -> list[np.ndarray]:
+    def single_threaded(self) -> Classifier:
+        """A view of this classifier (same bundle, same sessions) whose model calls each run on one intra-op
+        thread: for callers that make model calls from several threads at once (pipeline workers), where a
+        session using every core would oversubscribe the CPU."""
+        view = copy.copy(self)
+        view._pinned = self._single_thread_session()
+        return view
+
+    def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
         """Raw model outputs for a batch of equal-length waveforms [batch, samples] at the model rate."""
+        return self._call(waveforms, outputs, self._pinned)
+
+    def _call(self, waveforms: np.ndarray, outputs: tuple[str, ...], session: ort.InferenceSession | None):
         x = np.ascontiguousarray(waveforms, dtype=np.float32)
         if session is not None:
             return session.run(list(outputs), {"waveform": x})
@@ -93,26 +93,15 @@ class Classifier:
             self._inflight += 1
             busy = self._inflight > 1
         try:
-            chosen = self.single_thread_session() if busy else self.session
+            chosen = self._single_thread_session() if busy else self.session
             return chosen.run(list(outputs), {"waveform": x})
         finally:
             with self._lock:
                 self._inflight -= 1
 
-    def _fit(self, y: np.ndarray) -> np.ndarray:
-        """Pad clips shorter than min_seconds with trailing silence up to that length."""
-        need = int(round(self.min_seconds * self.sample_rate))
-        return y if len(y) >= need else np.pad(y, (0, need - len(y)))
-
-    def _windows(self, y: np.ndarray, window: float, hop: float) -> tuple[np.ndarray, np.ndarray]:
-        """Start offsets (samples) and the stacked windows of y; the last window ends at the end of y."""
-        w, h = int(round(window * self.sample_rate)), max(1, int(round(hop * self.sample_rate)))
-        if len(y) <= w:
-            return np.zeros(1, dtype=np.int64), self._fit(y)[None]
-        starts = np.arange(0, len(y) - w + 1, h)
-        if starts[-1] + w < len(y):
-            starts = np.append(starts, len(y) - w)
-        return starts, np.stack([y[s : s + w] for s in starts])
+    def pad(self, y: np.ndarray) -> np.ndarray:
+        """`y` followed by silence up to the card's `min_seconds` (the short-clip rule of `earshot.clips`)."""
+        return clips.pad_to(y, int(round(self.min_seconds * self.sample_rate)))
 
     def run_windows(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
         """Outputs for many equal-length windows: batches of 8 spread over the cores, one single-threaded session
@@ -120,27 +109,22 @@ class Classifier:
         chunks = [frames[i : i + 8] for i in range(0, len(frames), 8)]
         workers = min(len(chunks), os.cpu_count() or 1)
         if workers > 1:
-            session = self.single_thread_session()
+            session = self._pinned or self._single_thread_session()
             with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(lambda c: self.run(c, outputs, session), chunks))
+                parts = list(pool.map(lambda c: self._call(c, outputs, session), chunks))
         else:
             parts = [self.run(c, outputs) for c in chunks]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
-    def _clip_rows(self, y: np.ndarray, output: str, session=None) -> np.ndarray:
-        """One output per analysis window of a decoded clip under the length policy: one row for a clip up to
-        1.5 windows long, else one per 10 s window with 50 % overlap."""
-        if len(y) <= 1.5 * self.window_seconds * self.sample_rate:
-            return self.run(self._fit(y)[None], (output,), session)[0]
-        _, frames = self._windows(y, self.window_seconds, self.window_seconds / 2)
-        return self.run_windows(frames, (output,))[0]
+    def _clip_rows(self, y: np.ndarray, output: str) -> np.ndarray:
+        """One output row per model input of a decoded clip under the clip-length policy (`earshot.clips`)."""
+        frames = clips.clip_frames(y, self.sample_rate, self.window_seconds, self.min_seconds)
+        return self.run(frames, (output,))[0] if len(frames) == 1 else self.run_windows(frames, (output,))[0]
 
-    def clip_scores(self, y: np.ndarray, session=None) -> np.ndarray:
+    def clip_scores(self, y: np.ndarray) -> np.ndarray:
         """Scores [classes] for one decoded clip: max over windows (multi-label) or mean (single-label)."""
-        scores = self._clip_rows(y, "scores", session)
-        return scores.max(axis=0) if self.multi_label else scores.mean(axis=0)
+        return clips.aggregate(self._clip_rows(y, "scores"), self.multi_label)
 
-    # ----------------------------------------------------------------------------------------- public API
     def decode(self, source: Source, title: str | None = None) -> np.ndarray:
         return audio.decode(source, self.sample_rate, name=title)
 
@@ -154,14 +138,13 @@ class Classifier:
         hop: float | None = None,
         threshold: float | None = None,
         title: str | None = None,
-        session: ort.InferenceSession | None = None,
     ) -> Prediction:
         """Top labels for one input (raises AudioError on bad input). With `timeline`, adds segments and events."""
         title = title or source_title(source)
         if timeline:
             return self.timeline(source, window=window or 1.0, hop=hop, threshold=threshold, top_k=top_k, title=title)
         y = self.decode(source, title)
-        return self._prediction(title, self.clip_scores(y, session), len(y) / self.sample_rate, top_k, threshold)
+        return self._prediction(title, self.clip_scores(y), len(y) / self.sample_rate, top_k, threshold)
 
     def predict_many(
         self,
@@ -180,12 +163,11 @@ class Classifier:
         single-threaded session: for one clip at a time that beats both batching and intra-op threads on CPU.
         """
         workers = workers or os.cpu_count() or 1
-        session = self.single_thread_session() if workers > 1 else self.session
+        clf = self.single_threaded() if workers > 1 else self
 
         def one(s: Source) -> Prediction:
             try:
-                return self.predict(s, top_k=top_k, timeline=timeline, window=window, hop=hop, threshold=threshold,
-                                    session=session)
+                return clf.predict(s, top_k=top_k, timeline=timeline, window=window, hop=hop, threshold=threshold)
             except Exception as e:  # noqa: BLE001 - every input ends with a result or an error record
                 return Prediction.failure(source_title(s), e, self.name)
 
@@ -198,9 +180,8 @@ class Classifier:
                     pending.append(pool.submit(one, s))
                 yield result
 
-    def single_thread_session(self) -> ort.InferenceSession:
-        """A second session with one intra-op thread (created once), for callers that run model calls from
-        several threads at once: pass it as `session=` so the calls do not oversubscribe the cores."""
+    def _single_thread_session(self) -> ort.InferenceSession:
+        """A second session with one intra-op thread, created once and shared by every view."""
         if self._st_session is None:
             with self._st_lock:
                 if self._st_session is None:
@@ -244,18 +225,16 @@ class Classifier:
         if not starts or starts[-1] + w < total:  # tail (or whole clip) shorter than a window
             tail = carry if not starts else carry[-w:] if len(carry) >= w else carry
             start = total - len(tail)
-            rows.append(self.run(self._fit(tail)[None])[0])
+            rows.append(self.run(self.pad(tail)[None])[0])
             starts.append(start)
         scores = np.concatenate(rows)
         begin = np.asarray(starts, dtype=np.float64) / sr
         end = np.minimum(begin + window, total / sr)
-        clip = scores.max(axis=0) if self.multi_label else scores.mean(axis=0)
-        pred = self._prediction(title, clip, total / sr, top_k, threshold)
+        pred = self._prediction(title, clips.aggregate(scores, self.multi_label), total / sr, top_k, threshold)
         pred.segments = []
         for b, e, s in zip(begin, end, scores):
-            idx = np.argsort(-s)[:top_k]
-            pred.segments.append(Segment(round(float(b), 3), round(float(e), 3), [self.labels[i] for i in idx],
-                                         [round(float(s[i]), 4) for i in idx]))
+            labels, probs, _ = ranking.ranked(s, self.labels, self.label_ids, top_k)
+            pred.segments.append(Segment(round(float(b), 3), round(float(e), 3), labels, probs))
         pred.events = EventTracker.for_classifier(self, threshold, min_duration).events(scores, begin, end)
         return pred
 
@@ -270,19 +249,11 @@ class Classifier:
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""
         y = self.decode(source, title or source_title(source))[: int(max_seconds * self.sample_rate)]
-        return self.run(self._fit(y)[None], ("logmel",))[0][0]
+        return self.run(self.pad(y)[None], ("logmel",))[0][0]
 
     def _prediction(self, title: str, scores: np.ndarray, duration: float, top_k: int, threshold: float | None):
-        idx = np.argsort(-scores)[: max(0, top_k)]
-        if threshold is not None:
-            idx = idx[scores[idx] >= threshold]
-        return Prediction(
-            title=title,
-            labels=[self.labels[i] for i in idx],
-            probabilities=[round(float(scores[i]), 4) for i in idx],
-            labels_info=[self.label_ids[i] for i in idx],
-            model=self.name,
-            duration=round(duration, 3),
-        )
+        labels, probs, ids = ranking.ranked(scores, self.labels, self.label_ids, top_k, threshold)
+        return Prediction(title=title, labels=labels, probabilities=probs, labels_info=ids, model=self.name,
+                          duration=round(duration, 3))
 
 

@@ -14,15 +14,13 @@ from typing import Annotated, Any
 
 import typer
 
+from earshot import audio
 from earshot.errors import EarshotError
 from earshot.prediction import Prediction
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sound classification: tag, train, serve.")
 models_app = typer.Typer(no_args_is_help=True, help="Pretrained models and bundles.")
 app.add_typer(models_app, name="models")
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".aiff", ".aif",
-                  ".au", ".caf", ".wma", ".mkv", ".mov"}
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Registry name, bundle directory or s3:// bundle.")]
 Endpoint = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL",
@@ -43,11 +41,11 @@ def expand_inputs(paths: list[str], endpoint_url: str | None = None) -> Iterator
 
             store = open_store(p, endpoint_url=endpoint_url)
             for obj in store.list():
-                if Path(obj.key).suffix.lower() in AUDIO_SUFFIXES:
+                if audio.is_audio_name(obj.key):
                     yield _RemoteObject(store, obj.key)
         elif Path(p).is_dir():
             files = sorted(Path(p).rglob("*"))
-            yield from (str(f) for f in files if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            yield from (str(f) for f in files if f.is_file() and audio.is_audio_name(f))
         elif any(c in p for c in "*?[") and not Path(p).exists():
             matches = sorted(glob.glob(p, recursive=True))
             if not matches:

@@ -45,11 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from earshot import audio
 from earshot.errors import DataError
-
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".aiff", ".aif", ".au"}
-)
 
 PATH_COLUMNS = ("path", "filename", "filepath", "file_path", "file", "fname", "audio_filepath", "audio_path")
 LABEL_COLUMNS = ("label", "category", "class")
@@ -428,7 +425,7 @@ def _class_folders(root: Path) -> tuple[list[Item], list[dict[str, str]]]:
     for entry in sorted(root.iterdir()):
         if entry.is_dir() and not _ignored(entry.name):
             records.extend(Item(path=p, label=entry.name) for p in _audio_files(entry))
-        elif entry.is_file() and entry.suffix.lower() in AUDIO_EXTENSIONS:
+        elif entry.is_file() and audio.is_audio_name(entry):
             skipped.append({"path": str(entry), "reason": "outside_class_folder"})
     return records, skipped
 
@@ -708,7 +705,7 @@ def _audio_files(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS
+        if audio.is_audio_name(p)
         and p.is_file()
         and not any(_ignored(part) for part in p.relative_to(folder).parts)
     )

@@ -568,7 +568,7 @@ def _generate(open_feed: Callable[[], _Feed], name: str, clf: Any, *, window: fl
             n = min(total, w)
             tail = ring.latest(n)
             if n < w:
-                tail = clf._fit(tail) if hasattr(clf, "_fit") else np.pad(tail, (0, w - n))
+                tail = clf.pad(tail)
             yield from score([(total - n, total, tail)])
         except Exception as e:  # noqa: BLE001
             stopped, error = "error", e

@@ -218,10 +218,10 @@ class Runner:
                  predict_kwargs: dict | None = None):
         self.src, self.dst, self.ledger = src, dst, ledger
         self.source, self.sink = src.url, sink or (dst.url if dst else "")
-        if workers > 1 and hasattr(clf, "single_thread_session"):
+        if workers > 1 and hasattr(clf, "single_threaded"):
             # As in predict_many: each classifier thread makes single-threaded model calls, so a call never adds
             # intra-op threads on top of the other threads' calls.
-            predict_kwargs = {"session": clf.single_thread_session(), **(predict_kwargs or {})}
+            clf = clf.single_threaded()
         self.proc = Processor(src, dst, clf, top_k=top_k, max_attempts=max_attempts,
                               predict_kwargs=predict_kwargs)
         self.workers, self.writers = workers, writers

@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from earshot import audio
 from earshot.errors import AudioError, DataError, EarshotError, ModelError
 from earshot.prediction import Prediction
 from earshot.serve import uploads
@@ -37,20 +38,6 @@ from earshot.serve.store import ModelStore, valid_name
 
 log = logging.getLogger("earshot.serve")
 STATIC = Path(__file__).with_name("static")
-AUDIO_EXT = {
-    ".wav",
-    ".flac",
-    ".ogg",
-    ".oga",
-    ".opus",
-    ".mp3",
-    ".m4a",
-    ".aac",
-    ".webm",
-    ".mp4",
-    ".aiff",
-    ".aif",
-}
 OPEN_PATHS = ("/healthz", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
 MB = 1 << 20
 DRAIN_LIMIT = 64 * MB  # a refused body up to this size is read and dropped before the 413 (never stored)
@@ -700,7 +687,7 @@ def _list_samples(root: Path | None, limit: int = 500) -> list[dict]:
     out = []
     for p in sorted(base.rglob("*")):
         rel = p.relative_to(base)
-        if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in AUDIO_EXT:
+        if any(part.startswith(".") for part in rel.parts) or not audio.is_audio_name(p):
             continue
         if not p.is_file() or not p.resolve().is_relative_to(base):
             continue
@@ -720,6 +707,6 @@ def _sample_path(root: Path | None, name: str) -> Path:
         raise missing
     base = root.resolve()
     path = base.joinpath(*parts).resolve()
-    if not path.is_relative_to(base) or not path.is_file() or path.suffix.lower() not in AUDIO_EXT:
+    if not path.is_relative_to(base) or not path.is_file() or not audio.is_audio_name(path):
         raise missing
     return path
