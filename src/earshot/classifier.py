@@ -35,6 +35,8 @@ def source_title(source: Source) -> str:
 class Classifier:
     """Runs a model bundle. Thread-safe: one onnxruntime session serves concurrent calls."""
 
+    BATCH_SECONDS = 8  # audio per model call when many windows are scored
+
     def __init__(self, bundle: Bundle, *, threads: int | None = None) -> None:
         self.bundle = bundle
         card = bundle.card
@@ -101,12 +103,14 @@ class Classifier:
 
     def pad(self, y: np.ndarray) -> np.ndarray:
         """`y` followed by silence up to the card's `min_seconds` (the short-clip rule of `earshot.clips`)."""
-        return clips.pad_to(y, int(round(self.min_seconds * self.sample_rate)))
+        return clips.pad_to(y, self._min_samples)
 
     def run_windows(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
-        """Outputs for many equal-length windows: batches of 8 spread over the cores, one single-threaded session
-        call per batch (on 2 cores 2x faster than one call with intra-op threads)."""
-        chunks = [frames[i : i + 8] for i in range(0, len(frames), 8)]
+        """Outputs for many equal-length windows: batches of up to 8 s of audio (8 one-second windows, one
+        ten-second window) spread over the cores, one single-threaded session call per batch (on 2 cores 2x
+        faster than one call with intra-op threads); the batch bound keeps the model's working memory small."""
+        per = max(1, min(8, self.BATCH_SECONDS * self.sample_rate // max(1, frames.shape[1])))
+        chunks = [frames[i : i + per] for i in range(0, len(frames), per)]
         workers = min(len(chunks), os.cpu_count() or 1)
         if workers > 1:
             session = self._pinned or self._single_thread_session()
@@ -143,8 +147,8 @@ class Classifier:
         title = title or source_title(source)
         if timeline:
             return self.timeline(source, window=window or 1.0, hop=hop, threshold=threshold, top_k=top_k, title=title)
-        y = self.decode(source, title)
-        return self._prediction(title, self.clip_scores(y), len(y) / self.sample_rate, top_k, threshold)
+        scores, total = self._clip_reduce(source, title, "scores")
+        return self._prediction(title, scores, total / self.sample_rate, top_k, threshold)
 
     def predict_many(
         self,
@@ -206,29 +210,16 @@ class Classifier:
             raise ValueError("window and hop must be positive")
         sr = self.sample_rate
         w, h = int(round(window * sr)), max(1, int(round(hop * sr)))
-        starts: list[int] = []
-        rows: list[np.ndarray] = []
-        carry = np.zeros(0, dtype=np.float32)
-        offset = 0  # sample index of carry[0]
-        total = 0
-        for block in audio.blocks(source, sr, block_seconds=max(30.0, 4 * window), name=title):
-            total += len(block)
-            carry = np.concatenate([carry, block]) if len(carry) else block
-            n = 0 if len(carry) < w else 1 + (len(carry) - w) // h
-            if n:
-                frames = np.stack([carry[i * h : i * h + w] for i in range(n)])
-                rows.append(self.run_windows(frames)[0])
-                starts.extend(offset + i * h for i in range(n))
-                carry, offset = carry[n * h :], offset + n * h
-        if total == 0:
-            raise AudioError("no samples after decoding", source=title, reason="no_samples")
-        if not starts or starts[-1] + w < total:  # tail (or whole clip) shorter than a window
-            tail = carry if not starts else carry[-w:] if len(carry) >= w else carry
-            start = total - len(tail)
-            rows.append(self.run(self.pad(tail)[None])[0])
-            starts.append(start)
+        # a clip shorter than one window is one frame of its own length; the last frame is what follows the
+        # last full window
+        windows = clips.Windows(w, h, one_pass=w - 1, tail="rest", min_samples=self._min_samples)
+        starts, rows = [], []
+        for s, r in self._scan(source, title, windows, "scores", block_seconds=max(30.0, 4 * window)):
+            starts.append(s)
+            rows.append(r)
+        total = windows.total
         scores = np.concatenate(rows)
-        begin = np.asarray(starts, dtype=np.float64) / sr
+        begin = np.concatenate(starts).astype(np.float64) / sr
         end = np.minimum(begin + window, total / sr)
         pred = self._prediction(title, clips.aggregate(scores, self.multi_label), total / sr, top_k, threshold)
         pred.segments = []
@@ -239,8 +230,8 @@ class Classifier:
         return pred
 
     def embed(self, source: Source, title: str | None = None) -> np.ndarray:
-        """The clip embedding (mean over windows for audio longer than 1.5 windows)."""
-        return self.embed_waveform(self.decode(source, title or source_title(source)))
+        """The clip embedding (mean over windows for audio longer than 1.5 windows), streamed."""
+        return self._clip_reduce(source, title or source_title(source), "embedding", mean=True)[0]
 
     def embed_waveform(self, y: np.ndarray) -> np.ndarray:
         """`embed` for a clip already decoded at the model's rate."""
@@ -248,8 +239,45 @@ class Classifier:
 
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""
-        y = self.decode(source, title or source_title(source))[: int(max_seconds * self.sample_rate)]
+        with audio.blocks(source, self.sample_rate, max_seconds, name=title or source_title(source)) as blocks:
+            y = next(blocks, None)
+        if y is None or not len(y):
+            raise AudioError("no samples after decoding", source=title or source_title(source), reason="no_samples")
         return self.run(self.pad(y)[None], ("logmel",))[0][0]
+
+    @property
+    def _min_samples(self) -> int:
+        return int(round(self.min_seconds * self.sample_rate))
+
+    def _scan(self, source: Source, title: str, windows: clips.Windows, output: str,
+              block_seconds: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(starts, output rows) for the windows of an input decoded block by block: memory stays bounded by
+        a block and a batch of windows, whatever the input's length."""
+        for block in audio.blocks(source, self.sample_rate, block_seconds=block_seconds, name=title):
+            got = windows.push(block)
+            if got is not None:
+                yield got[0], self.run_windows(got[1], (output,))[0]
+        if windows.total == 0:
+            raise AudioError("no samples after decoding", source=title, reason="no_samples")
+        got = windows.finish()
+        if got is not None:
+            yield got[0], self.run(got[1], (output,))[0]
+
+    def _clip_reduce(self, source: Source, title: str, output: str, mean: bool = False) -> tuple[np.ndarray, int]:
+        """The clip-level output of a streamed input under `earshot.clips` (max or mean over its windows,
+        `mean` forcing the mean), and its length in samples."""
+        win = int(round(self.window_seconds * self.sample_rate))
+        windows = clips.Windows(win, win // 2, one_pass=int(clips.ONE_PASS * win), tail="end",
+                                min_samples=self._min_samples)
+        use_max = self.multi_label and not mean
+        acc: np.ndarray | None = None
+        n = 0
+        for _, rows in self._scan(source, title, windows, output, block_seconds=4 * self.window_seconds):
+            part = rows.max(axis=0) if use_max else rows.sum(axis=0, dtype=np.float64)
+            acc = part if acc is None else (np.maximum(acc, part) if use_max else acc + part)
+            n += len(rows)
+        assert acc is not None
+        return (acc if use_max else (acc / n).astype(np.float32)), windows.total
 
     def _prediction(self, title: str, scores: np.ndarray, duration: float, top_k: int, threshold: float | None):
         labels, probs, ids = ranking.ranked(scores, self.labels, self.label_ids, top_k, threshold)

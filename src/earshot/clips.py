@@ -53,3 +53,62 @@ def clip_frames(y: np.ndarray, sample_rate: int, window_seconds: float,
 def aggregate(rows: np.ndarray, multi_label: bool) -> np.ndarray:
     """One clip score [classes] from window scores [n, classes]: max (multi-label) or mean (single-label)."""
     return rows.max(axis=0) if multi_label else rows.mean(axis=0)
+
+
+class Windows:
+    """The same windows over audio that arrives in blocks, so no input is ever held whole.
+
+    `push` takes the next block and returns ``(starts, frames)`` for the windows it completed (or None);
+    `finish` returns the last one. Until more than `one_pass` samples have arrived nothing is windowed: an input
+    that ends by then is one frame of its own length (padded to `min_samples`), as :func:`clip_frames` treats a
+    short clip. The final partial window is either the last `window` samples (``tail="end"``, the clip rule:
+    the last window ends at the end) or what is left after the last full window (``tail="rest"``, timelines).
+    """
+
+    def __init__(self, window: int, hop: int, *, one_pass: int = 0, tail: str = "end", min_samples: int = 0):
+        if window <= 0 or hop <= 0:
+            raise ValueError("window and hop must be positive")
+        if tail not in ("end", "rest"):
+            raise ValueError("tail must be 'end' or 'rest'")
+        self.window, self.hop, self.one_pass, self.tail, self.min_samples = window, hop, one_pass, tail, min_samples
+        self.total = 0  # samples pushed so far
+        self._head: list[np.ndarray] = []  # blocks held while the input may still be one pass
+        self._windowed = False
+        self._carry = np.zeros(0, dtype=np.float32)
+        self._offset = 0  # sample index of _carry[0]
+        self._recent = np.zeros(0, dtype=np.float32)  # the last `window` samples (tail="end")
+        self._scored_to = 0  # end of the last window returned
+
+    def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        self.total += len(block)
+        if not self._windowed:
+            self._head.append(block)
+            if self.total <= self.one_pass:
+                return None
+            self._windowed = True
+            block = np.concatenate(self._head)
+            self._head = []
+        w, h = self.window, self.hop
+        self._carry = np.concatenate([self._carry, block]) if len(self._carry) else block
+        if self.tail == "end":
+            self._recent = np.concatenate([self._recent, block])[-w:]
+        n = 0 if len(self._carry) < w else 1 + (len(self._carry) - w) // h
+        if not n:
+            return None
+        frames = np.stack([self._carry[i * h : i * h + w] for i in range(n)])
+        starts = self._offset + h * np.arange(n, dtype=np.int64)
+        self._scored_to = int(starts[-1]) + w
+        self._carry, self._offset = self._carry[n * h :], self._offset + n * h
+        return starts, frames
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The final frame: the whole input when it stayed within `one_pass`, else the tail not yet covered."""
+        if not self._windowed:
+            if not self.total:
+                return None
+            whole = np.concatenate(self._head) if len(self._head) > 1 else self._head[0]
+            return np.zeros(1, dtype=np.int64), pad_to(whole, self.min_samples)[None]
+        if self._scored_to >= self.total:
+            return None
+        tail = self._recent if self.tail == "end" else self._carry
+        return np.array([self.total - len(tail)], dtype=np.int64), pad_to(tail, self.min_samples)[None]

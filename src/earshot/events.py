@@ -68,7 +68,7 @@ class EventTracker:
         return closed
 
     def events(self, scores: np.ndarray, begin: Iterable[float], end: Iterable[float]) -> list[Event]:
-        """All events of a whole timeline at once (what ``Classifier._events`` returns)."""
+        """All events of a whole timeline at once (the `events` of ``Classifier.timeline``)."""
         out: list[Event] = []
         for row, b, e in zip(scores, begin, end):
             out += self.update(row, float(b), float(e))[1]

@@ -1,0 +1,77 @@
+"""Inputs of any length in bounded memory: clip predictions and embeddings stream through their windows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from conftest import esc50_clip
+
+from earshot import clips
+
+
+def _long_wav(path: Path, seconds: float, rate: int = 8000) -> Path:
+    """`seconds` of real recordings (ESC-50 clips of several classes, repeated) written block by block."""
+    parts = [sf.read(esc50_clip(c, i), dtype="float32")[0] for c in ("dog", "rain", "helicopter") for i in range(3)]
+    loop = soxr.resample(np.concatenate(parts), 16000, rate)
+    n = int(seconds * rate)
+    with sf.SoundFile(path, "w", rate, 1, "PCM_16") as f:
+        done = 0
+        while done < n:
+            k = min(len(loop), n - done)
+            f.write(loop[:k])
+            done += k
+    return path
+
+
+def test_streamed_clip_scores_equal_the_in_memory_policy(tagger, tmp_path):
+    path = _long_wav(tmp_path / "two_minutes.wav", 127.3)
+    y = tagger.decode(path)
+    whole = tagger.clip_scores(y)
+    p = tagger.predict(path, top_k=5)
+    assert p.duration == pytest.approx(127.3, abs=1e-3)
+    idx = [tagger.labels.index(lab) for lab in p.labels]
+    assert np.abs(np.asarray(p.probabilities) - whole[idx]).max() < 2e-4
+    assert p.labels[0] == tagger.labels[int(np.argmax(whole))]
+    emb = tagger.embed(path)
+    ref = tagger.embed_waveform(y)
+    assert np.abs(emb - ref).max() < 1e-4
+
+
+def test_windows_stream_like_the_whole_clip():
+    rng = np.random.default_rng(0)
+    for n in (500, 1000, 1500, 1501, 4321, 10_000):
+        y = rng.standard_normal(n).astype(np.float32)
+        want = clips.clip_frames(y, 100, 10.0, 1.0)
+        w = clips.Windows(1000, 500, one_pass=1500, tail="end", min_samples=100)
+        got = [f for b in np.array_split(y, 7) if len(b) and (f := w.push(b)) is not None]
+        last = w.finish()
+        got += [last] if last is not None else []
+        frames = np.concatenate([g[1] for g in got])
+        assert frames.shape == want.shape and np.array_equal(frames, want), n
+
+
+@pytest.mark.slow
+def test_one_hour_file_predicts_in_bounded_memory(tmp_path):
+    path = _long_wav(tmp_path / "hour.wav", 3600.0)
+    code = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run([sys.executable, '-m', 'earshot.cli', 'predict', sys.argv[1], '-f', 'jsonl'], "
+        "capture_output=True, text=True); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.stdout.strip())"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                         env=os.environ.copy())
+    rc, rss_kb, result = out.stdout.split(" ", 2)
+    assert rc == "0", out.stdout + out.stderr
+    pred = json.loads(result)
+    assert pred["duration"] == 3600.0 and pred["error"] is None
+    assert {"Dog", "Rain"} & set(pred["labels"]), pred
+    assert int(rss_kb) < 300 * 1024, f"peak RSS {int(rss_kb) / 1024:.0f} MB for a 1-hour file"
