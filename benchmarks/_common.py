@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,15 +34,23 @@ def ten_second_wavs(folder: Path, n: int) -> list[Path]:
 
 
 def run_child(args: list[str], **kw) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Wall seconds and peak RSS (MB) of a child process (call before the parent grows: ru_maxrss of a child
-    starts from the parent's size at fork)."""
+    """Wall seconds and peak RSS (MB) of this one child process (its own rusage from wait4, not the maximum over
+    every child so far)."""
+    import threading
+
     t = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-    out, err = proc.communicate()
+    got: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda k=k, f=f: got.__setitem__(k, f.read()))
+               for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for r in readers:
+        r.start()
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
-    rss = (usage or resource.getrusage(resource.RUSAGE_CHILDREN)).ru_maxrss / 1024
-    return wall, rss, subprocess.CompletedProcess(args, proc.returncode, out, err)
+    for r in readers:
+        r.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, subprocess.CompletedProcess(args, proc.returncode, got["out"], got["err"])
 
 
 def child_peak_rss(code: str) -> tuple[float, str]:

@@ -26,8 +26,8 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from earshot.export import _quiet
     from earshot.frontend import EfficientATMel
+    from earshot.training.export import quiet_export as _quiet
 
     torch.set_num_threads(1)
     x = (np.random.default_rng(0).standard_normal(320000) * 0.1).astype(np.float32)

@@ -30,7 +30,7 @@ SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo")
 
 
 def run(name: str, out: Path, data, **options) -> dict:
-    from earshot.train import train
+    from earshot.training import train
 
     t0 = time.time()
     bundle = train(data, out / name.replace(" ", "_"), quiet=True, **options)
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     if args.cold:
-        from earshot.train import embeddings_dir
+        from earshot.training import embeddings_dir
 
         shutil.rmtree(embeddings_dir("mn04-as"), ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix="earshot-bench-"))

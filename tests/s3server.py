@@ -185,5 +185,6 @@ def assert_exactly_one(kinds: dict[str, str], results: dict[str, list[str]], rea
 
 
 def watcher_cmd(src, dst, ledger, *extra) -> list[str]:
-    """The command line of a watcher process (`python -m earshot.watch`)."""
-    return [sys.executable, "-m", "earshot.watch", str(src), str(dst), "--ledger", str(ledger), *map(str, extra)]
+    """The command line of a watcher process (`python -m earshot.cli watch`)."""
+    return [sys.executable, "-m", "earshot.cli", "watch", str(src), str(dst), "--ledger", str(ledger),
+            *map(str, extra)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from s3server import (
 )
 
 from earshot.batch import RAY_HINT, batch
-from earshot.ledger import SQLiteLedger
+from earshot.pipeline.ledger import SQLiteLedger
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,33 @@ def test_ray_engine_local_cluster(tmp_path, tagger, s3):
     res = local_results(tmp_path / "out")
     assert set(res) == set(kinds) and all(len(v) == 1 for v in res.values())
     assert all(v[0].endswith(".error.json") == (kinds[k] != "ok") for k, v in res.items())
+
+
+def test_ray_engine_keeps_a_bundle_loaded_from_a_path(tmp_path, shared_data):
+    """engine="ray" given a Classifier loaded from a bundle directory whose name is in no registry: the actors
+    load that bundle (its name is on every result), not a registry model of the same name."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    import earshot
+    from earshot.models import resolve
+
+    bundle = tmp_path / "my bundle"
+    shutil.copytree(resolve("mn04-as"), bundle)
+    card = json.loads((bundle / "card.json").read_text())
+    card["name"] = "my-own-tagger"
+    (bundle / "card.json").write_text(json.dumps(card))
+    clf = earshot.load(bundle)
+    assert clf.name == "my-own-tagger"
+    src = tmp_path / "src"
+    src.mkdir()
+    for clip in sorted((shared_data / "esc50" / "audio").glob("*.wav"))[:4]:
+        shutil.copyfile(clip, src / clip.name)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        s = batch(src, tmp_path / "out", model=clf, workers=1, engine="ray", ledger=tmp_path / "l.sqlite",
+                  progress=False)
+    finally:
+        ray.shutdown()
+    assert (s["done"], s["failed"]) == (4, 0)
+    docs = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    assert len(docs) == 4 and all(d["error"] is None and d["model"] == "my-own-tagger" for d in docs)

@@ -12,8 +12,8 @@ import pytest
 from conftest import DATA
 
 from earshot.audio import EXTENSIONS as AUDIO_EXTENSIONS
-from earshot.data import Manifest, cv_folds, load_manifest, split
 from earshot.errors import DataError
+from earshot.training import Manifest, cv_folds, load_manifest, split
 
 ESC50 = DATA / "esc50"
 US8K = DATA / "urbansound8k_subset"

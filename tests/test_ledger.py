@@ -16,8 +16,9 @@ import pytest
 from pgserver import pg_fixture  # noqa: F401  (provides the `pg` fixture)
 from s3server import assert_exactly_one, build_corpus, local_results, watcher_cmd
 
-from earshot.ledger import Final, PostgresLedger, backoff_delay, open_ledger
-from earshot.storage import LocalStore
+from earshot.pipeline.ledger import Final, backoff_delay, open_ledger
+from earshot.pipeline.postgres import PostgresLedger
+from earshot.pipeline.storage import LocalStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import io
 import os
@@ -25,7 +26,7 @@ from conftest import DATA, esc50_clip
 
 from earshot.serve import Settings, create_app
 
-HAS_TRAIN = importlib.util.find_spec("earshot.train") is not None
+HAS_TRAIN = importlib.util.find_spec("earshot.training") is not None
 
 
 @contextmanager
@@ -228,6 +229,34 @@ def test_health_metrics_docs_page(client):
         assert "https://" not in body.text and "http://" not in body.text.replace("http://www.w3.org", "")
 
 
+def test_openapi_documents_the_prediction_contract(client):
+    from earshot import prediction
+    from earshot.serve import schemas
+
+    spec = client.get("/openapi.json").json()
+    ok = spec["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/Prediction"}
+    models = spec["components"]["schemas"]
+    for cls in (prediction.Prediction, prediction.Segment, prediction.Event):
+        extra = ["spectrogram"] if cls is prediction.Prediction else []
+        assert list(models[cls.__name__]["properties"]) == [f.name for f in dataclasses.fields(cls)] + extra
+    assert "error" in models["Prediction"]["required"] and "segments" not in models["Prediction"]["required"]
+    answers = spec["paths"]["/v1/predict"]["post"]["responses"]
+    for status in ("413", "422", "503"):
+        assert answers[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "HTTPValidationError" not in models  # 422s are answered in the failure shape
+    r = client.post("/v1/predict", content=DOG.read_bytes(), params={"timeline": "true", "spectrogram": "true"})
+    assert schemas.Prediction.model_validate(r.json()).segments
+    r = client.post("/v1/predict", content=DOG.read_bytes())
+    assert "segments" not in r.json() and "spectrogram" not in r.json() and r.json()["error"] is None
+    schemas.Prediction.model_validate(r.json())
+    r = client.post("/v1/predict", content=b"not audio at all")
+    schemas.Prediction.model_validate(r.json())
+    schemas.ErrorBody.model_validate(r.json())
+    schemas.ModelList.model_validate(client.get("/v1/models").json())
+    schemas.ModelCard.model_validate(client.get("/v1/models/mn04-as").json())
+
+
 def test_api_keys(tmp_path):
     with running_server(tmp_path, api_keys=["s3cret", "other"]) as base, httpx.Client(base_url=base) as c:
         r = c.get("/v1/models")
@@ -349,6 +378,7 @@ def test_train_upload_checks(tmp_path):
 
 
 def test_jobs_survive_restart_and_failures_end_failed(tmp_path):
+    from earshot.serve import schemas
     from earshot.serve.jobs import JobStore
 
     state = tmp_path / "state"
@@ -363,6 +393,7 @@ def test_jobs_survive_restart_and_failures_end_failed(tmp_path):
         job = wait_job(c, queued["id"], timeout=60)  # re-queued, and its data set is missing: must end failed
         assert job["status"] == "failed" and job["error"]["message"] and job["timings"]["run_s"] is not None
         assert {j["id"] for j in c.get("/v1/jobs").json()["jobs"]} == {running["id"], queued["id"]}
+        schemas.JobList.model_validate(c.get("/v1/jobs").json())  # the documented shape
 
 
 @pytest.mark.slow

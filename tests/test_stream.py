@@ -23,8 +23,8 @@ SPEECH = DATA / "speech_commands_v0.01_subset"
 
 
 def stream_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "earshot.stream", *args], input=stdin, capture_output=True,
-                          timeout=timeout, env=os.environ.copy())
+    return subprocess.run([sys.executable, "-m", "earshot.cli", "stream", *args], input=stdin,
+                          capture_output=True, timeout=timeout, env=os.environ.copy())
 
 
 def records(out: bytes) -> list[dict]:
@@ -47,7 +47,7 @@ def keywords(tmp_path_factory) -> tuple[np.ndarray, int]:
 
 def test_wav_piped_through_cat_gives_timed_segments_and_a_dog_event(tmp_path):
     dog = esc50_clip("dog")
-    cmd = f"cat {dog} | {sys.executable} -m earshot.stream - --top-k 5"
+    cmd = f"cat {dog} | {sys.executable} -m earshot.cli stream - --top-k 5"
     p = subprocess.run(cmd, shell=True, capture_output=True, timeout=60, env=os.environ.copy())
     assert p.returncode == 0, p.stderr.decode()
     recs = records(p.stdout)
@@ -197,8 +197,8 @@ def test_ctrl_c_stops_cleanly_with_a_summary(keywords, tmp_path):
     y, sr = keywords
     path = tmp_path / "six.wav"
     sf.write(path, y, sr)
-    p = subprocess.Popen([sys.executable, "-m", "earshot.stream", str(path), "--realtime"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=os.environ.copy())
+    p = subprocess.Popen([sys.executable, "-m", "earshot.cli", "stream", str(path), "--realtime"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     first = p.stdout.readline()  # the first segment, ~1 s of audio in
     assert json.loads(first)["type"] == "segment"
     p.send_signal(signal.SIGINT)
@@ -252,7 +252,7 @@ def test_live_pipe_is_classified_while_it_is_still_being_written(keywords):
     b = io.BytesIO()
     sf.write(b, y, sr, format="WAV", subtype="PCM_16")
     data = b.getvalue()
-    p = subprocess.Popen([sys.executable, "-m", "earshot.stream", "-"], stdin=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "earshot.cli", "stream", "-"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     done = threading.Event()
 

@@ -17,12 +17,11 @@ import pytest
 from conftest import DATA
 
 import earshot
-from earshot.data import load_manifest
-from earshot.evaluate import metrics_for
+from earshot.training import load_manifest, metrics_for
 
 pytest.importorskip("torch")
 
-from earshot.train import embeddings_dir, feature_network, fit, train, window_for, write_bundle  # noqa: E402
+from earshot.training import embeddings_dir, feature_network, fit, train, window_for, write_bundle  # noqa: E402
 
 ESC50 = DATA / "esc50"
 US8K = DATA / "urbansound8k_subset"
@@ -58,7 +57,7 @@ def test_cnn_augmentation_varies_level_and_colouring():
 
     import torch
 
-    from earshot.train import _MelAugment
+    from earshot.training.augment import MelAugment as _MelAugment
 
     x = torch.full((256, 1, 64, 100), 0.5)  # a flat, steady spectrum
     out = _MelAugment(torch.Generator().manual_seed(0))(x)
@@ -199,7 +198,7 @@ def test_esc10_bundle_round_trip_and_evaluate(esc10_bundle: Path):
     y = audio.decode(item.path, 32000)
     ort_scores = clf.run(y[None])[0][0]
     assert abs(float(ort_scores.sum()) - 1.0) < 1e-4  # softmax
-    from earshot.evaluate import evaluate
+    from earshot.training import evaluate
 
     got = evaluate(esc10_bundle, ESC50, filters=["esc10=True"], val_fold=4)
     for key in ("accuracy", "macro_f1", "confusion_matrix", "n"):
@@ -229,7 +228,7 @@ def test_fsdd_cnn_speaker_independent_with_corrupt_file(fsdd_subset: Path, tmp_p
     import torch
 
     from earshot import audio
-    from earshot.train import write_bundle
+    from earshot.training import write_bundle
 
     r = fit(fsdd_subset, model="cnn", label_regex=FSDD_LABEL, group_regex=FSDD_GROUP, val_split=0.34, epochs=30,
             quiet=True)

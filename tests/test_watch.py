@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import esc50_clip
 from s3server import (
     assert_exactly_one,
     build_corpus,
@@ -26,8 +27,8 @@ from s3server import (
 )
 
 from earshot.errors import StorageError
-from earshot.ledger import SQLiteLedger
-from earshot.storage import LocalStore, S3Store, open_store, safe_key
+from earshot.pipeline.ledger import SQLiteLedger
+from earshot.pipeline.storage import LocalStore, S3Store, open_store, safe_key
 from earshot.watch import status, watch
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -355,3 +356,24 @@ def test_s3_server_killed_and_restarted(tmp_path, s3, shared_data):
     assert "unreachable" in text or "scan_error" in text  # the outage was really seen
     items = SQLiteLedger(led).items()
     assert not [i for i in items if i.last_reason == "unreachable" and i.state == "failed"]
+
+
+def test_model_bundle_loads_from_s3(tagger, s3, tmp_path, monkeypatch):
+    """A bundle uploaded to a bucket prefix serves like a local one; a changed card is fetched again."""
+    import earshot
+
+    monkeypatch.setenv("EARSHOT_HOME", str(tmp_path / "home"))
+    c = s3.client()
+    card = dict(tagger.card, name="remote-tagger")
+    c.put_object(Bucket="earshot", Key="models/tagger/model.onnx", Body=tagger.bundle.model_path.read_bytes())
+    c.put_object(Bucket="earshot", Key="models/tagger/card.json", Body=json.dumps(card).encode())
+    clip = esc50_clip("dog")
+    remote = earshot.load("s3://earshot/models/tagger")
+    p, ref = remote.predict(clip, top_k=3), tagger.predict(clip, top_k=3)
+    assert p.model == "remote-tagger" and p.labels == ref.labels and p.probabilities == ref.probabilities
+    c.put_object(Bucket="earshot", Key="models/tagger/card.json",
+                 Body=json.dumps(dict(card, name="remote-tagger-2")).encode())
+    assert earshot.load("s3://earshot/models/tagger").name == "remote-tagger-2"
+    with pytest.raises(earshot.StorageError) as e:
+        earshot.load("s3://earshot/models/nothing-here")
+    assert e.value.reason == "not_found"

@@ -28,7 +28,7 @@ def load(model: str | Path = "mn04-as", **options: Any) -> Classifier:
 
 def train(data: str | Path, out: str | Path, **options: Any) -> Path:
     """Train a classifier on `data` (any supported layout) and write a bundle to `out`; needs `earshot[train]`."""
-    from earshot.train import train as _train
+    from earshot.training import train as _train
 
     return _train(data, out, **options)
 

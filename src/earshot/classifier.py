@@ -6,13 +6,17 @@ It never imports torch. The clip-length policy is `earshot.clips`, the scores â†
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import os
+import platform
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -25,6 +29,32 @@ from earshot.events import EventTracker
 from earshot.prediction import Prediction, Segment
 
 Source = str | os.PathLike | bytes | BinaryIO
+
+def optimized_graph_path(model_path: os.PathLike) -> Path | None:
+    """Where onnxruntime's optimised form of a bundle's graph is kept on this machine: under
+    `$EARSHOT_HOME/graphs`, keyed by the graph file (path, size, mtime), the onnxruntime version and the CPU, since
+    the optimised graph may use kernels of this processor. None where the graph cannot be found."""
+    from earshot.models.weights import earshot_home
+
+    try:
+        st = os.stat(model_path)
+    except OSError:
+        return None
+    key = "|".join([os.path.abspath(model_path), str(st.st_size), str(st.st_mtime_ns), ort.__version__,
+                    platform.machine(), _cpu_flags()])
+    return earshot_home() / "graphs" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return hashlib.sha256(line.encode()).hexdigest()[:16]
+    except OSError:
+        pass
+    return platform.processor()
+
 
 def source_title(source: Source) -> str:
     if isinstance(source, str | os.PathLike):
@@ -56,13 +86,38 @@ class Classifier:
         self.session = self._session(threads or os.cpu_count() or 1)
 
     def _session(self, threads: int) -> ort.InferenceSession:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle pool threads must not spin: other sessions' calls and decoding share the same cores.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(self.bundle.model_path), opts, providers=["CPUExecutionProvider"])
+        def options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = level
+            # Idle pool threads must not spin: other sessions' calls and decoding share the same cores.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return opts
+
+        providers = ["CPUExecutionProvider"]
+        cached = optimized_graph_path(self.bundle.model_path)
+        if cached is not None and cached.is_file():
+            try:  # optimised once on this machine: loading it skips the graph optimisation at every start
+                return ort.InferenceSession(str(cached), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                                            providers=providers)
+            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
+                cached.unlink(missing_ok=True)
+        opts = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        tmp = None
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+                opts.optimized_model_filepath = str(tmp)
+                opts.log_severity_level = 3  # the "hardware-specific graph" notice is why the key names the CPU
+            except OSError:
+                tmp = None
+        session = ort.InferenceSession(str(self.bundle.model_path), opts, providers=providers)
+        if tmp is not None and cached is not None:
+            with contextlib.suppress(OSError):
+                os.replace(tmp, cached)
+        return session
 
     @classmethod
     def load(cls, model: str | os.PathLike = "mn04-as", **options: Any) -> Classifier:

@@ -37,7 +37,7 @@ def expand_inputs(paths: list[str], endpoint_url: str | None = None) -> Iterator
         if p == "-":
             yield io.BytesIO(sys.stdin.buffer.read())
         elif p.startswith("s3://"):
-            from earshot.storage import open_store
+            from earshot.pipeline.storage import open_store
 
             store = open_store(p, endpoint_url=endpoint_url)
             for obj in store.list():
@@ -253,7 +253,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a classifier and export it as a bundle (needs earshot[train])."""
-    from earshot.train import train as run_train
+    from earshot.training import train as run_train
 
     try:
         path = run_train(data, out, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
@@ -276,7 +276,7 @@ def evaluate(
     fmt: Annotated[str, typer.Option("--format", "-f", help="json or text.")] = "json",
 ) -> None:
     """Metrics of a bundle on labelled data it never saw (accuracy, macro-F1, per class, confusion matrix)."""
-    from earshot.evaluate import evaluate as run_eval
+    from earshot.training import evaluate as run_eval
 
     try:
         metrics = run_eval(bundle, data, val_fold=val_fold, filters=tuple(filter_ or ()), label_regex=label_regex,
@@ -308,6 +308,7 @@ def serve(
 @app.command()
 def watch(
     src: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix to watch.")],
+    dst: Annotated[str | None, typer.Argument(help="Folder or s3:// prefix for results (or --output).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Folder or s3:// prefix for results.")] = None,
     model: Model = "mn04-as",
     poll: Annotated[float, typer.Option(help="Seconds between listings.")] = 5.0,
@@ -318,14 +319,23 @@ def watch(
     http: Annotated[str | None, typer.Option(help="host:port accepting S3 event notifications.")] = None,
     status: Annotated[bool, typer.Option("--status", help="Print ledger status and exit.")] = False,
     endpoint_url: Endpoint = None,
+    lease: Annotated[float, typer.Option(help="Seconds a claimed object stays leased without renewal.")] = 60.0,
+    backoff: Annotated[float, typer.Option(help="Base seconds of the retry backoff.")] = 1.0,
+    scan_interval: Annotated[float, typer.Option(help="Seconds between full scans beside inotify.")] = 60.0,
+    settle: Annotated[float, typer.Option(help="Seconds a local file must be unchanged before it is read.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
+    no_watchdog: Annotated[bool, typer.Option("--no-watchdog", help="Poll local folders, no inotify.")] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
-    """Classify every object that lands in SRC into OUTPUT/<key>.json (or .error.json), exactly once."""
+    """Classify every object that lands in SRC into DST/<key>.json (or .error.json), exactly once."""
     from earshot import watch as w
+    from earshot.pipeline.logs import configure_logging
 
-    w.configure_logging()
+    configure_logging(log_level)
+    output = output or dst
     if status:
-        from earshot.ledger import default_ledger_path
-        from earshot.storage import open_store
+        from earshot.pipeline.ledger import default_ledger_path
+        from earshot.pipeline.storage import open_store
 
         if output is None and ledger is None:
             raise typer.BadParameter("--status needs --output (or --ledger)")
@@ -335,10 +345,12 @@ def watch(
         typer.echo(json.dumps(w.status(led, source, sink), indent=2, default=str))
         return
     if output is None:
-        raise typer.BadParameter("--output is required")
+        raise typer.BadParameter("an output (DST or --output) is required")
     workers = workers or _default_workers()
     result = w.watch(src, output, model=model, poll=poll, workers=workers, ledger=ledger, max_attempts=max_attempts,
-                     once=once, endpoint_url=endpoint_url, http=http)
+                     once=once, stop_event=w.stop_on_signals(), endpoint_url=endpoint_url, http=http, lease=lease,
+                     backoff=backoff, scan_interval=scan_interval, settle=settle, top_k=top_k,
+                     use_watchdog=False if no_watchdog else None)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
@@ -354,13 +366,17 @@ def batch(
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     endpoint_url: Endpoint = None,
+    max_attempts: Annotated[int, typer.Option()] = 3,
+    lease: Annotated[float, typer.Option(help="Seconds a claimed object stays leased without renewal.")] = 300.0,
+    backoff: Annotated[float, typer.Option(help="Base seconds of the retry backoff.")] = 1.0,
 ) -> None:
     """One-shot classification of everything under SRC; resumable on the same ledger."""
     from earshot.batch import batch as run_batch
 
     workers = workers or _default_workers()
     summary = run_batch(src, output, model=model, workers=workers, ledger=ledger, fmt=fmt, engine=engine,
-                        progress=not quiet, endpoint_url=endpoint_url, top_k=top_k)
+                        progress=not quiet, endpoint_url=endpoint_url, top_k=top_k, max_attempts=max_attempts,
+                        lease=lease, backoff=backoff)
     typer.echo(json.dumps(summary, indent=2, default=str))
     if summary.get("failed"):
         raise typer.Exit(1)
@@ -382,15 +398,25 @@ def stream(
     = None,
     rate: Annotated[int | None, typer.Option(help="Sample rate of raw PCM.")] = None,
     channels: Annotated[int, typer.Option(help="Channels of raw PCM.")] = 1,
+    event_start: Annotated[bool, typer.Option("--event-start/--no-event-start",
+                                              help="Print event_start records as events begin.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait on a URL.")] = 10.0,
     fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or text.")] = "jsonl",
-    output: Annotated[str | None, typer.Option("--output", "-o")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Classify a live stream continuously: one JSON line per window, events as they close, a summary."""
+    from earshot.audio.pcm import RAW_FORMATS
     from earshot.stream import run as run_stream
+
+    if fmt not in ("jsonl", "text"):
+        raise typer.BadParameter("--format must be jsonl or text")
+    if raw_format is not None and raw_format not in RAW_FORMATS:
+        raise typer.BadParameter(f"--raw-format must be one of {', '.join(RAW_FORMATS)}")
 
     code = run_stream(source, fmt=fmt, output=output, model=model, window=window, hop=hop, threshold=threshold,
                       top_k=top_k, min_duration=min_duration, realtime=realtime, allow_urls=allow_url,
-                      max_seconds=max_seconds, raw_format=raw_format, rate=rate, channels=channels)
+                      max_seconds=max_seconds, raw_format=raw_format, rate=rate, channels=channels,
+                      event_starts=event_start, timeout=timeout)
     raise typer.Exit(code)
 
 

@@ -104,7 +104,7 @@ def pull(name: str, force: bool = False) -> Path:
         return out
     weights = fetch(s.filename, s.url, s.sha256)
     try:
-        from earshot.export import export_bundle
+        from earshot.training.export import export_bundle
     except ImportError as e:
         raise ModelError(
             f"building the {name} bundle needs the train extra (pip install 'earshot[train]'): {e}",
@@ -137,7 +137,7 @@ def resolve(model: str | Path) -> Path:
     """Bundle directory for a registry name, a bundle path, or an `s3://` bundle prefix."""
     text = str(model)
     if text.startswith("s3://"):
-        from earshot.storage import fetch_bundle
+        from earshot.pipeline.storage import fetch_bundle
 
         return fetch_bundle(text, models_dir() / "remote")
     p = Path(text).expanduser()

@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from earshot.errors import ModelError
@@ -72,6 +71,8 @@ def _download(url: str, target: Path, sha256: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
+        import urllib.request  # only when a download is needed: keeps every start-up light
+
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             shutil.copyfileobj(resp, out)
         got = sha256_of(Path(tmp))

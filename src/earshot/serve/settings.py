@@ -8,6 +8,8 @@ from pathlib import Path
 
 from earshot.models.weights import earshot_home
 
+MB = 1 << 20
+
 
 def _split(value: str | None, sep: str = ",") -> list[str]:
     return [v.strip() for v in (value or "").split(sep) if v.strip()]
@@ -49,6 +51,18 @@ class Settings:
         self.max_inflight = self.max_inflight if self.max_inflight > 0 else self.workers
         self.max_queue = self.max_queue if self.max_queue >= 0 else 4 * self.max_inflight
         self.ort_threads = self.ort_threads if self.ort_threads > 0 else max(1, cores // self.max_inflight)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_train_upload_bytes(self) -> int:
+        return int(self.max_train_upload_mb * MB)
+
+    @property
+    def max_extract_bytes(self) -> int:
+        return int(self.max_extract_mb * MB)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:

@@ -1,4 +1,4 @@
-"""Model store: registry names plus bundle folders in a models directory, each loaded once and cached."""
+"""Model store: registry models plus bundle folders in a models directory, each loaded once and cached."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import json
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from earshot import models
+from earshot.bundle import MODEL_FILE, is_bundle, read_bundle
 from earshot.errors import ModelError
+
+if TYPE_CHECKING:
+    from earshot.classifier import Classifier
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-# One classifier per (name, bundle version) per process, shared by every app in it.
-_CACHE: dict[tuple[str, str, str], Any] = {}
+# One classifier per (name, bundle version, load options) per process, shared by every app in it.
+_CACHE: dict[tuple[str, str, str], Classifier] = {}
 _CACHE_LOCK = threading.Lock()
 _LOAD_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 
@@ -21,33 +26,6 @@ _LOAD_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 def valid_name(name: str) -> bool:
     """A model name safe to use as a folder name (no separators, no leading dot)."""
     return bool(NAME_RE.match(name)) and ".." not in name
-
-
-def _is_bundle(path: Path) -> bool:
-    return (path / "card.json").is_file() and (path / "model.onnx").is_file()
-
-
-def _read_card(path: Path) -> dict:
-    try:
-        return json.loads((path / "card.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"unreadable card.json: {e}", source=str(path), reason="bad_bundle") from e
-
-
-def _registry() -> list[dict]:
-    try:
-        from earshot.models import list_models
-    except ImportError:  # registry not there: the default tagger is still known by name
-        return [{"name": "mn04-as", "description": "EfficientAT MobileNetV3 0.4, AudioSet 527 classes"}]
-    return [dict(m) for m in list_models()]
-
-
-def _registry_names() -> set[str]:
-    try:
-        from earshot.models import REGISTRY
-    except ImportError:
-        return {m["name"] for m in _registry()}
-    return set(REGISTRY)
 
 
 def _summary(card: dict) -> dict:
@@ -64,15 +42,15 @@ def _summary(card: dict) -> dict:
 class ModelStore:
     """Lists registry models and bundle folders (rescanned on each call, so new bundles show up at once)."""
 
-    def __init__(self, models_dir: Path, default: str = "mn04-as", load_options: dict | None = None) -> None:
+    def __init__(self, models_dir: Path, default: str = models.DEFAULT_MODEL, load_options: dict | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.load_options = dict(load_options or {})
         self._opts_key = json.dumps(self.load_options, sort_keys=True)
         self.extra: dict[str, Path] = {}  # bundles named on the command line, outside models_dir
         self.default = default
         p = Path(default).expanduser()
-        if _is_bundle(p):  # `earshot serve --model ./bundle`
-            name = _read_card(p).get("name") or p.name
+        if is_bundle(p):  # `earshot serve --model ./bundle`
+            name = read_bundle(p).card.get("name") or p.name
             name = name if valid_name(name) else p.name
             self.extra[name] = p.resolve()
             self.default = name
@@ -82,7 +60,7 @@ class ModelStore:
         found: dict[str, Path] = {}
         if self.models_dir.is_dir():
             for child in sorted(self.models_dir.iterdir()):
-                if not child.name.startswith(".") and valid_name(child.name) and _is_bundle(child):
+                if not child.name.startswith(".") and valid_name(child.name) and is_bundle(child):
                     found[child.name] = child
         found.update(self.extra)
         return found
@@ -90,14 +68,14 @@ class ModelStore:
     def list(self) -> list[dict]:
         """One summary dict per model: name, description, source (registry|bundle), card summary."""
         out: dict[str, dict] = {}
-        for m in _registry():
+        for m in models.list_models():
             out[m["name"]] = {
                 **m,
                 "source": "registry" if m.get("kind", "pretrained") == "pretrained" else "bundle",
             }
         for name, path in self.bundles().items():
             try:
-                card = _read_card(path)
+                card = read_bundle(path).card
             except ModelError:
                 continue
             entry = out.setdefault(name, {"name": name, "source": "bundle"})
@@ -110,23 +88,31 @@ class ModelStore:
         return list(out.values())
 
     def names(self) -> set[str]:
-        return {m["name"] for m in _registry()} | set(self.bundles())  # includes bundles the registry sees
+        """Every model name taken: registry models, bundles in the earshot home and in `models_dir`."""
+        return {m["name"] for m in models.list_models()} | set(self.bundles())
 
-    def resolve(self, name: str | None) -> tuple[str, str]:
-        """(name, what earshot.load gets) for a requested name; ModelError(reason=not_found) if unknown."""
+    def resolve(self, name: str | None) -> tuple[str, Path | None]:
+        """(name, bundle folder) for a requested name; the folder is None for a model `earshot.models` resolves.
+
+        Raises ModelError(reason=not_found) for an unknown name.
+        """
         name = name or self.default
         bundles = self.bundles()
         if name in bundles:
-            return name, str(bundles[name])
-        if name in _registry_names() or name in {m["name"] for m in _registry()}:
-            return name, name
+            return name, bundles[name]
+        if name in models.REGISTRY or name in {m["name"] for m in models.list_models()}:
+            return name, None
         raise ModelError(f"unknown model {name!r}", source=name, reason="not_found")
 
-    def get(self, name: str | None = None):
-        """The cached Classifier for a model name, loading it on first use (blocking: call off the loop)."""
-        name, target = self.resolve(name)
+    def get(self, name: str | None = None) -> Classifier:
+        """The cached Classifier for a model name, loading it on first use (blocking: call off the loop).
+
+        A registry model is pulled (its bundle built) on first use, as `earshot.load` does.
+        """
+        name, path = self.resolve(name)
+        bundle = path or models.resolve(name)
         version = ""
-        onnx = Path(target) / "model.onnx"
+        onnx = bundle / MODEL_FILE
         if onnx.is_file():
             st = onnx.stat()
             version = f"{st.st_mtime_ns}-{st.st_size}"
@@ -139,7 +125,7 @@ class ModelStore:
             if key not in _CACHE:
                 import earshot
 
-                clf = earshot.load(target, **self.load_options)
+                clf = earshot.load(bundle, **self.load_options)
                 with _CACHE_LOCK:
                     for old in [k for k in _CACHE if k[0] == name and k[2] == key[2]]:
                         del _CACHE[old]
@@ -148,10 +134,11 @@ class ModelStore:
 
     def card(self, name: str) -> dict:
         """The model card: read from the bundle folder, or from the loaded classifier for registry names."""
-        name, target = self.resolve(name)
-        if Path(target).is_dir():
-            return _read_card(Path(target))
+        name, path = self.resolve(name)
+        if path is not None:
+            return dict(read_bundle(path).card)
         return dict(self.get(name).card)
 
     def loaded(self) -> list[str]:
+        """Names of the models loaded in this process."""
         return sorted({k[0] for k in _CACHE})

@@ -9,34 +9,18 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from earshot.audio import formats
 from earshot.errors import AudioError, DataError
+
+# audio.formats kinds accepted as uploads → the container name sniff_audio reports
+_UPLOAD_KINDS = {"wav": "wav", "avi": "wav", "flac": "flac", "ogg": "ogg", "matroska": "webm", "mp4": "mp4",
+                 "mp3": "mpeg", "aac": "mpeg", "aiff": "aiff", "au": "au", "caf": "caf", "amr": "amr", "asf": "asf"}
 
 
 def sniff_audio(head: bytes) -> str | None:
-    """The container format from the first bytes, or None when it does not look like audio/video."""
-    if len(head) >= 12 and head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] in (b"WAVE", b"AVI "):
-        return "wav"
-    if head[:4] == b"fLaC":
-        return "flac"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    if len(head) >= 12 and head[4:8] == b"ftyp":
-        return "mp4"
-    if head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0):
-        return "mpeg"  # mp3, or ADTS aac (0xFFF1/0xFFF9)
-    if len(head) >= 12 and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-        return "aiff"
-    if head[:4] == b".snd":
-        return "au"
-    if head[:4] == b"caff":
-        return "caf"
-    if head[:6] == b"#!AMR\n":
-        return "amr"
-    if len(head) >= 16 and head[:16] == bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"):
-        return "asf"
-    return None
+    """The container format from the first bytes, or None when it does not look like audio/video: wav, flac,
+    ogg, webm, mp4, mpeg (mp3 or ADTS aac), aiff, au, caf, amr or asf. The magic bytes are `audio.formats`'s."""
+    return _UPLOAD_KINDS.get(formats.sniff(head) or "")
 
 
 def check_audio(data: bytes, title: str) -> str:

@@ -1,4 +1,4 @@
-"""Object stores for the watch/batch shells: local folders and S3-compatible buckets behind one interface.
+"""Object stores of the pipeline: local folders and S3-compatible buckets behind one interface.
 
 A store is rooted at a folder or at `s3://bucket/prefix`; keys are relative, `/`-separated, any unicode. Output keys
 are checked by `safe_key` so that a result can never land outside the store's root.
@@ -97,10 +97,8 @@ class Store(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
-# ---------------------------------------------------------------------------------------------- local folders
-
-
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -239,7 +237,7 @@ class LocalStore(Store):
                     pid = int(name[: -len(TEMP_MARK)].rsplit(".", 2)[-2])
                 except (ValueError, IndexError):
                     continue
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     with _suppress():
                         os.unlink(os.path.join(dirpath, name))
                         n += 1
@@ -261,9 +259,6 @@ class _suppress:
 
     def __exit__(self, *exc):
         return exc[0] is not None and issubclass(exc[0], OSError)
-
-
-# ---------------------------------------------------------------------------------------------- S3
 
 
 _UNREACHABLE = ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError")
@@ -334,6 +329,8 @@ class S3Store(Store):
         return self._client
 
     def __getstate__(self):
+        """A pickled store (one shipped to a Ray actor or another process) leaves its client behind and connects
+        anew where it is used."""
         d = dict(self.__dict__)
         d["_client"] = None
         return d
@@ -391,9 +388,6 @@ class S3Store(Store):
                 raise err from e
 
 
-# ---------------------------------------------------------------------------------------------- URLs
-
-
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix")."""
     rest = url[len("s3://") :]
@@ -436,3 +430,41 @@ def result_keys(key: str) -> tuple[str, str]:
 
 def join_key(*parts: str) -> str:
     return posixpath.join(*[p for p in parts if p])
+
+
+def fetch_bundle(url: str, cache: Path, *, endpoint_url: str | None = None) -> Path:
+    """A local copy of the model bundle stored under an object-store prefix (`model.onnx`, `card.json` and
+    whatever sits beside them, such as plots), kept under `cache` and fetched again only when an object's version
+    (ETag) changes. Returns the bundle directory. Raises StorageError when the prefix holds no bundle."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from earshot.bundle import CARD_FILE, MODEL_FILE
+
+    store = open_store(url.rstrip("/") + "/", endpoint_url=endpoint_url)
+    objects = sorted((o for o in store.list() if "/" not in o.key), key=lambda o: o.key)
+    names = {o.key for o in objects}
+    if not {MODEL_FILE, CARD_FILE} <= names:
+        raise StorageError(f"no model bundle here ({MODEL_FILE} and {CARD_FILE} expected)", source=store.url,
+                           reason="not_found")
+    stamp = json.dumps({o.key: o.version for o in objects}, sort_keys=True)
+    dest = Path(cache) / hashlib.sha256(store.url.encode()).hexdigest()[:24]
+    marker = dest / ".source.json"
+    if marker.is_file() and marker.read_text() == stamp:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
+    try:
+        for o in objects:
+            (tmp / safe_key(o.key)).write_bytes(store.get(o.key))
+        (tmp / ".source.json").write_text(stamp)
+        old = dest.with_name(dest.name + f".old{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

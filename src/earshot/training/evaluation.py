@@ -1,7 +1,8 @@
 """Metrics of a bundle on labelled data, computed with the serving path only (onnxruntime `Classifier`, no torch).
 
-`metrics_for` / `multilabel_metrics_for` are the one implementation of the metrics: `train.py` uses them for
-the model card, so `earshot evaluate` on the validation split reproduces the card's numbers.
+`metrics_for` / `multilabel_metrics_for` are the one implementation of the metrics: `earshot.training.card`
+uses them for the model card and `earshot.training.families` for cross-validation, so `earshot evaluate` on the
+validation split reproduces the card's numbers.
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from earshot.errors import AudioError, DataError
+from earshot.training.loading import load_manifest
+from earshot.training.manifest import Item
+from earshot.training.splits import split as split_manifest
+
+if TYPE_CHECKING:
+    from earshot.classifier import Classifier
 
 
 def metrics_for(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
@@ -102,9 +109,10 @@ def plot_confusion(metrics: dict[str, Any], path: str | Path, title: str = "conf
     return path
 
 
-def score_items(clf, items, on_error: Callable[[Any, AudioError], None] | None = None):
-    """Clip scores [n, classes] of manifest items with a Classifier; unreadable items are reported and left
-    out. Returns (scores, kept item indices)."""
+def score_items(clf: Classifier, items: Sequence[Item],
+                on_error: Callable[[Item, AudioError], None] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Clip scores [n, classes] of manifest items with a Classifier (the clip policy of `earshot.clips`);
+    unreadable items are reported and left out. Returns (scores, kept item indices)."""
     rows, kept = [], []
     for i, it in enumerate(items):
         try:
@@ -133,16 +141,14 @@ def evaluate(
     confusion_png: str | Path | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
-    """Metrics of `bundle` (path or registry name) on `data` (any layout `earshot.data` reads).
+    """Metrics of `bundle` (path or registry name) on `data` (any layout `load_manifest` reads).
 
     `split="all"` scores every item (restricted to the fold given by `val_fold`, if any); `split="val"` scores
-    the validation side of `earshot.data.split(val_fold, val_split, seed)` — the split `train` used with the
-    same options, hence the card's numbers. Classes of the data that the model does not know are an error.
-    Unreadable files are skipped and listed under `skipped`.
+    the validation side of `earshot.training.splits.split(val_fold, val_split, seed)` — the split `train` used
+    with the same options, hence the card's numbers. Classes of the data that the model does not know are an
+    error. Unreadable files are skipped and listed under `skipped`.
     """
     from earshot.classifier import Classifier
-    from earshot.data import load_manifest
-    from earshot.data import split as split_manifest
 
     clf = Classifier.load(bundle)
     manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters,
@@ -164,7 +170,7 @@ def evaluate(
     items = [manifest.items[i] for i in idx]
     skipped: list[dict[str, str]] = list(manifest.skipped)
 
-    def on_error(it, e: AudioError) -> None:
+    def on_error(it: Item, e: AudioError) -> None:
         skipped.append({"path": str(it.path), "reason": e.reason or "unreadable", "message": str(e)})
         if not quiet:
             print(f"skipped {it.path}: {e}", file=sys.stderr)

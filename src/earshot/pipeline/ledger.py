@@ -1,10 +1,10 @@
-"""Durable work ledger for watch/batch: one row per (source, sink, key), claimed under a lease.
+"""Durable work ledger of the pipeline: one row per (source, sink, key), claimed under a lease.
 
 States: pending -> leased -> done | failed; a failed attempt goes back to pending with an exponential
 `not_before` until `max_attempts`. A lease that runs out (its worker crashed) makes the item claimable again;
 a changed object (new version) is pending again. SQLite (WAL) is the default; a `postgresql://` URL shares one
-ledger between hosts (needs `psycopg`). Every state change is a single transaction, so a crash at any point
-leaves the ledger consistent; claims and finishes can cover several items per transaction.
+ledger between hosts (earshot.pipeline.postgres, needs `psycopg`). Every state change is a single transaction, so
+a crash at any point leaves the ledger consistent; claims and finishes can cover several items per transaction.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import socket
 import sqlite3
 import threading
 import time
-import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from earshot.errors import StorageError
 
 STATES = ("pending", "leased", "done", "failed")
 
-_SCHEMA = """
+# The SQL below is shared by every backend (qmark parameters; the PostgreSQL adapter rewrites them).
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     source_url   TEXT NOT NULL,
     sink_url     TEXT NOT NULL,
@@ -51,20 +51,18 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_claim ON items (source_url, sink_url, state, not_before);
 """
 
-_SCHEMA_LOCK = 0x65617273686F74  # PostgreSQL advisory lock id ("earshot") that serialises schema creation
-
-_COLS = (
+COLUMNS = (
     "source_url, sink_url, key, version, size, state, attempts, lease_owner, lease_until, not_before, "
     "last_error, last_reason, created_at, updated_at, finished_at"
 )
 
 # Claimable items of (source, sink) at a time `now` (params: source, sink, now, now, limit), oldest first.
-_DUE = (
+DUE = (
     "source_url=? AND sink_url=? AND ((state='pending' AND not_before<=?) OR (state='leased' AND lease_until<?)) "
     "ORDER BY not_before, created_at, key LIMIT ?"
 )
 # A claim (params: owner, lease_until, now): the lease, one more attempt, and the newest version seen.
-_CLAIM_SET = (
+CLAIM_SET = (
     "state='leased', attempts=attempts+1, lease_owner=?, lease_until=?, version=COALESCE(next_version, version), "
     "next_version=NULL, updated_at=?"
 )
@@ -188,7 +186,7 @@ class SQLiteLedger(Ledger):
         # SQLite has one writer at a time: this process's threads queue on a lock that wakes the next one at
         # once, instead of polling the database lock in SQLite's busy handler (sleeps of 1 ms and more).
         self._writer: AbstractContextManager = threading.Lock()
-        self._conn().executescript(_SCHEMA)
+        self._conn().executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -233,8 +231,6 @@ class SQLiteLedger(Ledger):
                     c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
-
-    # -- writes
 
     def _change(self, c, source: str, sink: str, key: str, version: str, lock: str = "") -> tuple | None:
         """None when `version` of `key` is already recorded; () when the key is new; else (state, lease_until)."""
@@ -292,13 +288,13 @@ class SQLiteLedger(Ledger):
     def claim_many(self, source, sink, owner, lease, limit):
         now, limit = time.time(), min(int(limit), 500)  # keys are bound parameters: old SQLite allows 999
         with self._tx() as c:  # the write lock: nobody else can claim between the SELECT and the UPDATE
-            keys = [r[0] for r in c.execute(f"SELECT key FROM items WHERE {_DUE}", (source, sink, now, now, limit))]
+            keys = [r[0] for r in c.execute(f"SELECT key FROM items WHERE {DUE}", (source, sink, now, now, limit))]
             if not keys:
                 return []
             marks = ",".join("?" * len(keys))
-            c.execute(f"UPDATE items SET {_CLAIM_SET} WHERE source_url=? AND sink_url=? AND key IN ({marks})",
+            c.execute(f"UPDATE items SET {CLAIM_SET} WHERE source_url=? AND sink_url=? AND key IN ({marks})",
                       (owner, now + lease, now, source, sink, *keys))
-            rows = c.execute(f"SELECT {_COLS} FROM items WHERE source_url=? AND sink_url=? AND key IN ({marks})",
+            rows = c.execute(f"SELECT {COLUMNS} FROM items WHERE source_url=? AND sink_url=? AND key IN ({marks})",
                              (source, sink, *keys)).fetchall()
         return sorted((Item(*r) for r in rows), key=lambda i: (i.created_at, i.key))
 
@@ -368,14 +364,12 @@ class SQLiteLedger(Ledger):
                     n += 1
         return n
 
-    # -- reads
-
     def items(self, source=None, sink=None, state=None):
         q, args = self._where(source, sink)
         if state:
             q += " AND state=?"
             args.append(state)
-        rows = self._conn().execute(f"SELECT {_COLS} FROM items WHERE {q}", args).fetchall()
+        rows = self._conn().execute(f"SELECT {COLUMNS} FROM items WHERE {q}", args).fetchall()
         return sorted((Item(*r) for r in rows), key=lambda i: i.key)  # code-point order on every backend
 
     def results(self, source, sink):
@@ -435,85 +429,6 @@ class SQLiteLedger(Ledger):
             self._local.conn = None
 
 
-class PostgresLedger(SQLiteLedger):
-    """PostgreSQL via psycopg (3), for workers on several hosts: the same schema and queries, plus row locks
-    (claims skip rows another worker is claiming, sync and finish wait for them)."""
-
-    _FOR_UPDATE = " FOR UPDATE"
-
-    def __init__(self, url: str, *, timeout: float = 60.0):
-        try:
-            import psycopg
-        except ImportError as e:
-            raise StorageError("a PostgreSQL ledger needs psycopg: pip install 'earshot[postgres]'",
-                               source=_redact(url), reason="needs_psycopg") from e
-        self._psycopg = psycopg
-        self._dsn = url
-        self.path = _redact(url)  # shown in status and logs
-        self.timeout = timeout
-        self._local = threading.local()
-        self._writer = nullcontext()  # row locks: transactions run side by side
-        with self._tx() as c:
-            c.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))  # two first starts at once
-            c.executescript(_SCHEMA)
-
-    def _conn(self) -> _PgAdapter:
-        c = getattr(self._local, "conn", None)
-        if c is None or c.conn.closed:  # psycopg closes a connection the server dropped: connect again
-            try:
-                conn = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=int(self.timeout))
-            except self._psycopg.OperationalError as e:
-                raise StorageError(str(e), source=self.path, reason="unreachable") from e
-            c = self._local.conn = _PgAdapter(conn)
-        return c
-
-    def _begin(self, c) -> None:
-        c.execute("BEGIN")
-
-    def claim_many(self, source, sink, owner, lease, limit):
-        now = time.time()
-        # The CTE runs once (a LIMIT subquery under IN may be re-run per row and lease more than `limit`); rows
-        # that another worker is claiming are skipped, not waited for.
-        with self._tx() as c:
-            rows = c.execute(
-                f"WITH due AS (SELECT key AS due_key FROM items WHERE {_DUE} FOR UPDATE SKIP LOCKED) "
-                f"UPDATE items SET {_CLAIM_SET} FROM due WHERE source_url=? AND sink_url=? AND key=due.due_key "
-                f"RETURNING {_COLS}",
-                (source, sink, now, now, limit, owner, now + lease, now, source, sink),
-            ).fetchall()
-        return sorted((Item(*r) for r in rows), key=lambda i: (i.created_at, i.key))
-
-
-def _redact(url: str) -> str:
-    """The URL without its password (for status output and logs)."""
-    p = urllib.parse.urlsplit(url)
-    netloc = p.netloc
-    if p.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = urllib.parse.urlencode([(k, "***" if k == "password" else v)
-                                    for k, v in urllib.parse.parse_qsl(p.query, keep_blank_values=True)])
-    return urllib.parse.urlunsplit(p._replace(netloc=netloc, query=query))
-
-
-class _PgAdapter:
-    """Lets the SQLite queries (qmark style) run on a psycopg connection."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def execute(self, sql, args=()):
-        return self.conn.execute(sql.replace("?", "%s"), tuple(args))
-
-    def executescript(self, script):
-        for stmt in script.split(";"):
-            if stmt.strip():
-                self.conn.execute(stmt)
-
-    def close(self):
-        self.conn.close()
-
-
 def default_ledger_path(source: str, sink: str) -> Path:
     """`$EARSHOT_HOME/ledgers/<hash of source+sink>.sqlite` (EARSHOT_HOME defaults to ~/.cache/earshot)."""
     import hashlib
@@ -533,6 +448,8 @@ def open_ledger(spec: str | os.PathLike | Ledger | None, source: str = "", sink:
         return SQLiteLedger(default_ledger_path(source, sink))
     s = os.fspath(spec)
     if s.startswith(("postgresql://", "postgres://")):
+        from earshot.pipeline.postgres import PostgresLedger
+
         return PostgresLedger(s)
     if s.startswith("sqlite:///"):
         s = s[len("sqlite:///") :]
@@ -540,4 +457,5 @@ def open_ledger(spec: str | os.PathLike | Ledger | None, source: str = "", sink:
 
 
 def dumps(obj) -> str:
+    """Compact JSON, as results are kept in the ledger."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

@@ -1,4 +1,4 @@
-"""Torch module → ONNX bundle (training/export side; needs the `train` extra)."""
+"""Torch module → ONNX bundle, checked against torch before it replaces anything (needs the `train` extra)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ OUTPUTS = ["scores", "embedding", "logmel"]
 
 
 def export_bundle(
-    model: torch.nn.Module, out: str | Path, card: dict[str, Any], *, check_seconds=(1.0, 3.7), tol: float = 1e-4
+    model: torch.nn.Module, out: str | Path, card: dict[str, Any], *, check_seconds: Sequence[float] = (1.0, 3.7),
+    tol: float = 1e-4,
 ) -> Path:
     """Export `model` (waveform → scores, embedding, logmel) with `card` as a bundle directory at `out`.
 
@@ -36,7 +38,7 @@ def export_bundle(
     try:
         example = torch.randn(2, int(sr * 2.0)) * 0.1
         batch, samples = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("samples", min=sr // 10)
-        with _quiet(), torch.no_grad():
+        with quiet_export(), torch.no_grad():
             torch.onnx.export(
                 model,
                 (example,),
@@ -59,7 +61,8 @@ def export_bundle(
     return out
 
 
-def check_onnx(model: torch.nn.Module, path: Path, sr: int, seconds, tol: float) -> dict[str, float]:
+def check_onnx(model: torch.nn.Module, path: Path, sr: int, seconds: Sequence[float],
+               tol: float) -> dict[str, Any]:
     """Max abs difference of scores between torch and onnxruntime on random signals of several lengths."""
     import onnxruntime as ort
 
@@ -78,8 +81,9 @@ def check_onnx(model: torch.nn.Module, path: Path, sr: int, seconds, tol: float)
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The exporter prints progress on stdout; keep stdout clean for JSON output."""
+def quiet_export() -> Iterator[None]:
+    """Around `torch.onnx.export`: its progress goes to stderr and its warnings and logs are silenced, so
+    stdout stays clean for JSON output."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         import logging

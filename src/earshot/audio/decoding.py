@@ -1,0 +1,208 @@
+"""The decoding calls: a whole input (:func:`load`, :func:`decode`), its header (:func:`info`, :func:`duration`),
+or block by block at a target rate (:class:`Blocks`). Any failure is an AudioError naming the input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import soxr
+
+from earshot.audio.source import Input, Source, check_rate, max_seconds_limit
+from earshot.audio.streams import READ_FRAMES, AudioInfo, Stream, open_stream
+from earshot.errors import AudioError
+
+__all__ = ["Blocks", "blocks", "decode", "duration", "info", "load"]
+
+
+def load(
+    source: Source,
+    sample_rate: int | None = None,
+    *,
+    max_seconds: float | None = None,
+    name: str | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode `source` to mono float32; return ``(samples, rate)``, rate being `sample_rate` or the native.
+
+    `source` is a path, bytes, or a binary file object (read from its current position).
+    """
+    rate = check_rate(sample_rate)
+    limit = max_seconds_limit(max_seconds)
+    with Input(source, name) as src:
+        try:
+            with open_stream(src, limit) as stream:
+                native = stream.info.sample_rate
+                y = _concat(list(stream.chunks(None)))
+                if rate is None or rate == native:
+                    return y, native
+                return soxr.resample(y, native, rate), rate
+        except AudioError:
+            raise
+        except Exception as e:  # the contract: nothing but AudioError leaves this package for a bad input
+            raise src.error("read_error", f"could not be decoded: {type(e).__name__}: {e}") from e
+
+
+def decode(
+    source: Source,
+    sample_rate: int | None = None,
+    *,
+    max_seconds: float | None = None,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode `source` to 1-D mono float32 at `sample_rate` (None: the native rate). See :func:`load`."""
+    return load(source, sample_rate, max_seconds=max_seconds, name=name)[0]
+
+
+def info(source: Source, *, name: str | None = None) -> AudioInfo:
+    """Header information (rate, channels, frames, format) without decoding the samples."""
+    with Input(source, name) as src:
+        try:
+            with open_stream(src, None) as stream:
+                return stream.info
+        except AudioError:
+            raise
+        except Exception as e:
+            raise src.error("read_error", f"could not be read: {type(e).__name__}: {e}") from e
+
+
+def duration(source: Source, *, name: str | None = None) -> float:
+    """Length in seconds: from the header where it says, else by decoding (streamed, nothing kept)."""
+    with Input(source, name) as src:
+        try:
+            with open_stream(src, None) as stream:
+                i = stream.info
+                if i.frames is not None and (stream.exact_frames or i.backend == "soundfile"):
+                    return i.frames / i.sample_rate
+                n = sum(len(c) for c in stream.chunks(READ_FRAMES))
+                return n / stream.info.sample_rate
+        except AudioError:
+            raise
+        except Exception as e:
+            raise src.error("read_error", f"could not be read: {type(e).__name__}: {e}") from e
+
+
+class Blocks:
+    """Stream an input as mono float32 blocks at `sample_rate`, resampled incrementally (soxr.ResampleStream).
+
+    Block ``i`` holds samples ``[i * hop_size, i * hop_size + block_size)`` of what :func:`decode` returns
+    (within resampler tolerance). The last block may be shorter; an input shorter than one block yields one
+    short block. Only about one block plus one read is held in memory, so hour-long files are fine.
+
+    The input is opened and its header checked on construction (AudioError then); errors found while decoding
+    (truncation, NaN/Inf, too long) are raised from the iteration. Use as an iterator or a context manager.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        sample_rate: int | None,
+        block_seconds: float,
+        overlap_seconds: float = 0.0,
+        *,
+        max_seconds: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        rate = check_rate(sample_rate)
+        if not block_seconds > 0:
+            raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
+        if not 0 <= overlap_seconds < block_seconds:
+            raise ValueError(f"overlap_seconds must be in [0, block_seconds), got {overlap_seconds}")
+        limit = max_seconds_limit(max_seconds)
+        self._src = Input(source, name)
+        self._stream: Stream | None = None
+        try:
+            self._stream = open_stream(self._src, limit, streaming=True)
+        except AudioError:
+            self._src.close()
+            raise
+        except Exception as e:
+            self._src.close()
+            raise self._src.error("read_error", f"could not be read: {type(e).__name__}: {e}") from e
+        self.info: AudioInfo = self._stream.info
+        self.sample_rate: int = rate or self.info.sample_rate
+        self.block_size: int = max(1, round(block_seconds * self.sample_rate))
+        self.hop_size: int = max(1, self.block_size - round(overlap_seconds * self.sample_rate))
+        self._iter = self._generate()
+
+    @property
+    def name(self) -> str:
+        return self._src.name
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._iter)
+
+    def __enter__(self) -> Blocks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the input; idempotent. Iteration stops."""
+        gen = getattr(self, "_iter", None)
+        if gen is not None and not gen.gi_running:
+            gen.close()
+        stream, self._stream = getattr(self, "_stream", None), None
+        if stream is not None:
+            stream.close()
+        if hasattr(self, "_src"):
+            self._src.close()
+
+    def _generate(self) -> Iterator[np.ndarray]:
+        try:
+            yield from self._blocks()
+        except AudioError:
+            raise
+        except Exception as e:
+            raise self._src.error("read_error", f"could not be decoded: {type(e).__name__}: {e}") from e
+        finally:
+            self.close()
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        assert self._stream is not None
+        native, rate = self.info.sample_rate, self.sample_rate
+        resampler = None if native == rate else soxr.ResampleStream(native, rate, 1, dtype="float32")
+        size, hop = self.block_size, self.hop_size
+        buf = np.zeros(0, np.float32)
+        start = 0  # absolute index of buf[0]
+        covered = 0  # absolute end of the last block yielded
+
+        def pieces() -> Iterator[np.ndarray]:
+            for chunk in self._stream.chunks(READ_FRAMES):  # type: ignore[union-attr]
+                yield chunk if resampler is None else resampler.resample_chunk(chunk)
+            if resampler is not None:
+                yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+        for piece in pieces():
+            buf = np.concatenate([buf, piece]) if len(buf) else piece
+            while len(buf) >= size:
+                yield buf[:size].copy()
+                covered = start + size
+                buf, start = buf[hop:], start + hop
+        if start + len(buf) > covered:
+            yield np.ascontiguousarray(buf, dtype=np.float32)
+
+
+def blocks(
+    source: Source,
+    sample_rate: int | None,
+    block_seconds: float,
+    overlap_seconds: float = 0.0,
+    *,
+    max_seconds: float | None = None,
+    name: str | None = None,
+) -> Blocks:
+    """Blocks of `block_seconds` overlapping by `overlap_seconds`, streamed. See :class:`Blocks`."""
+    return Blocks(source, sample_rate, block_seconds, overlap_seconds, max_seconds=max_seconds, name=name)
+
+
+def _concat(chunks: list[np.ndarray]) -> np.ndarray:
+    if len(chunks) == 1:
+        return chunks[0]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

@@ -1,0 +1,46 @@
+"""Operations: `/healthz` (liveness, always open) and `/metrics` (Prometheus text)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from earshot.serve import schemas
+from earshot.serve.deps import InferenceDep, MetricsDep, StoreDep
+
+router = APIRouter(tags=["ops"])
+
+
+@cache
+def version() -> str:
+    """The installed earshot distribution's version ("0" when it is not installed)."""
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version("earshot")
+    except Exception:
+        return "0"
+
+
+@router.get("/healthz", response_model=schemas.Health, summary="Liveness: always open")
+async def healthz(store: StoreDep, inference: InferenceDep) -> dict:
+    return {
+        "status": "ok",
+        "version": version(),
+        "default_model": store.default,
+        "models_loaded": store.loaded(),
+        "inference_slots_used": inference.limiter.used,
+        "inference_slots": inference.limiter.limit,
+    }
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, **schemas.error_responses(401)},
+    summary="Prometheus metrics",
+)
+async def prometheus(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

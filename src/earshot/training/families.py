@@ -1,0 +1,226 @@
+"""`fit` and `train`: a labelled data set → candidates of the training families, the better one kept → a bundle.
+
+Families:
+
+- ``transfer`` (`earshot.training.transfer`): frozen pretrained tagger (`mn04-as`) features — its whole-clip
+  embedding and the mean embedding of 2 s crops — computed and cached by `earshot.training.features`; an MLP head
+  (standardise, dropout, weight decay) trained in torch with early stopping. ``finetune=True`` then unfreezes
+  the backbone at a low learning rate (slow on CPU).
+- ``cnn`` (`earshot.training.cnn`): `CompactCNN` from scratch on a 16 kHz 64-mel front-end, fixed-length
+  windows (the clips' 95th duration percentile, 1-10 s), with `MelAugment` and mixup on the log-mel.
+- ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like), or when
+  transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
+  few for a network from scratch); the better on validation is kept and the card says why.
+
+Unreadable files are skipped (never silently): printed, counted and listed in the card's ``data`` summary.
+The card's ``metrics`` are computed on the validation split by the exported bundle on onnxruntime
+(`earshot.training.card`), with the metric code of `earshot.training.evaluation`, so ``earshot evaluate``
+reproduces them. With ``cv=K`` every fold is trained and scored in torch under the same clip-length policy
+(`earshot.clips`); mean ± std go to ``metrics.cv`` and the bundle is the best fold's model (its validation
+metrics in the card).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from earshot import audio, clips
+from earshot.errors import AudioError, DataError
+from earshot.training.card import write_bundle
+from earshot.training.cnn import Waves, train_cnn
+from earshot.training.evaluation import metrics_for
+from earshot.training.features import transfer_features
+from earshot.training.loading import load_manifest
+from earshot.training.loop import Log, Progress, Trained, skip_unreadable, torch_settings
+from earshot.training.manifest import Manifest
+from earshot.training.splits import cv_folds, split
+from earshot.training.transfer import train_transfer
+
+FAMILIES = ("auto", "transfer", "cnn")
+AUTO_MIN_ACCURACY = 0.95  # auto: below this transfer validation accuracy, try the CNN too
+SPEECH_LIKE_SECONDS = 2.0  # auto: median clip shorter than this → try the CNN too
+AUTO_CNN_MIN_PER_CLASS = 100  # auto, longer clips: a CNN from scratch only with this many training clips a class
+
+
+@dataclass
+class Fit:
+    """What `fit` produced: the chosen model, all candidates, the data and split it used, and why."""
+
+    chosen: Trained
+    candidates: list[Trained]
+    manifest: Manifest
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    why: str
+    cv: dict[str, Any] | None
+    options: dict[str, Any]
+
+
+def fit(
+    data: str | Path,
+    *,
+    model: str = "auto",
+    backbone: str = "mn04-as",
+    val_fold: str | int | None = None,
+    val_split: float | None = None,
+    cv: int | None = None,
+    filters: Sequence[str] = (),
+    label_regex: str | None = None,
+    group_regex: str | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    finetune: bool = False,
+    quiet: bool = False,
+    progress: Progress | None = None,
+) -> Fit:
+    """Everything `train` does short of exporting: manifest, features, split (or CV), candidates, choice."""
+    if model not in FAMILIES:
+        raise DataError(f"--model must be one of {', '.join(FAMILIES)}, not {model!r}", reason="bad_option")
+    log = Log(quiet, progress)
+    with torch_settings():
+        return _fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
+                    filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
+                    finetune=finetune, log=log)
+
+
+def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | None, val_split: float | None,
+         cv: int | None, filters: Sequence[str], label_regex: str | None, group_regex: str | None,
+         epochs: int | None, seed: int, finetune: bool, log: Log) -> Fit:
+    manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters)
+    log(f"{manifest.layout} layout: {len(manifest)} clips, {len(manifest.labels)} classes"
+        + (f", {len(manifest.skipped)} skipped" if manifest.skipped else ""), stage="manifest")
+    waves = Waves()
+    feats = None
+    if model in ("auto", "transfer"):
+        feats, bad = transfer_features(manifest, backbone, log)
+        skip_unreadable(manifest, bad, log)
+    else:
+        waves.decode_all(manifest, log)
+    if len(manifest.labels) < 2:
+        raise DataError("fewer than 2 classes left after skipping unreadable files", reason="one_class")
+    options = {"model": model, "val_fold": val_fold, "val_split": val_split, "cv": cv, "seed": seed,
+               "max_epochs": epochs, "finetune": finetune}
+    common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
+              "log": log, "waves": waves}
+    if not cv:
+        tr, va = split(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
+        log(f"split: {len(tr)} train, {len(va)} validation", stage="split")
+        candidates, chosen, why = _fit_one(manifest, tr, va, family=model, **common)
+        return Fit(chosen, candidates, manifest, tr, va, why, None, options)
+
+    folds = cv_folds(manifest, k=cv, seed=seed)
+    runs = []
+    family, first_why = model, ""
+    for f, (tr, va) in enumerate(folds, 1):
+        log(f"cv fold {f}/{len(folds)}: {len(tr)} train, {len(va)} validation", stage="cv", fold=f)
+        _, chosen, why = _fit_one(manifest, tr, va, family=family, **common)
+        if family == "auto":  # decide once, on the first fold
+            family, first_why = chosen.family, why
+        runs.append((chosen, candidate_metrics(chosen, manifest, va), tr, va, why))
+    accs = np.array([m["accuracy"] for _, m, *_ in runs])
+    f1s = np.array([m["macro_f1"] for _, m, *_ in runs])
+    best = int(np.argmax(accs))
+    chosen, _, tr, va, why = runs[best]
+    if model == "auto":
+        why = first_why + f" (decided on fold 1, applied to all {len(folds)} folds)"
+    summary = {
+        "k": len(folds), "accuracy_mean": round(float(accs.mean()), 6), "accuracy_std": round(float(accs.std()), 6),
+        "macro_f1_mean": round(float(f1s.mean()), 6), "macro_f1_std": round(float(f1s.std()), 6),
+        "accuracy_per_fold": accs.round(6).tolist(), "macro_f1_per_fold": f1s.round(6).tolist(),
+        "bundle": f"model of fold {best + 1} (best accuracy); card metrics are on its validation fold",
+    }
+    log(f"cv: accuracy {accs.mean():.4f} ± {accs.std():.4f}, macro-F1 {f1s.mean():.4f} ± {f1s.std():.4f}",
+        stage="cv_done", accuracy_mean=summary["accuracy_mean"], accuracy_std=summary["accuracy_std"])
+    return Fit(chosen, [chosen], manifest, tr, va, why, summary, options)
+
+
+def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str, feats: np.ndarray | None,
+             backbone: str, epochs: int | None, seed: int, finetune: bool, log: Log,
+             waves: Waves) -> tuple[list[Trained], Trained, str]:
+    """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
+    candidates: list[Trained] = []
+    why = f"--model {family}"
+    with_cnn = family == "cnn"
+    if family in ("auto", "transfer"):
+        candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
+                                         finetune=finetune, log=log))
+    if family == "auto":
+        median = float(np.median(feats[:, -1])) if feats is not None and len(feats) else 0.0
+        t_acc = candidates[0].val_accuracy
+        per_class = len(tr) / max(1, len(manifest.labels))
+        with_cnn = median < SPEECH_LIKE_SECONDS or (t_acc < AUTO_MIN_ACCURACY
+                                                    and per_class >= AUTO_CNN_MIN_PER_CLASS)
+        if median < SPEECH_LIKE_SECONDS:
+            why = f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN too"
+        elif t_acc >= AUTO_MIN_ACCURACY:
+            why = f"auto: transfer validation accuracy {t_acc:.3f} >= {AUTO_MIN_ACCURACY} on clips of median " \
+                  f"{median:.2f} s; no CNN needed"
+        elif per_class < AUTO_CNN_MIN_PER_CLASS:
+            why = f"auto: transfer validation accuracy {t_acc:.3f} < {AUTO_MIN_ACCURACY}, but {per_class:.0f} " \
+                  f"training clips a class (< {AUTO_CNN_MIN_PER_CLASS}) are too few for a CNN from scratch"
+        else:
+            why = f"auto: transfer validation accuracy {t_acc:.3f} < {AUTO_MIN_ACCURACY} with {per_class:.0f} " \
+                  "training clips a class → trained the CNN too"
+    if with_cnn:
+        decoded = waves.get(manifest, np.concatenate([tr, va]), log)
+        candidates.append(train_cnn(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log))
+    chosen = max(candidates, key=lambda c: c.val_accuracy)  # first (transfer) wins ties
+    if len(candidates) > 1:
+        scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
+        why += f"; kept {chosen.family} (validation accuracy {scores})"
+    return candidates, chosen, why
+
+
+def candidate_metrics(trained: Trained, manifest: Manifest, va: np.ndarray) -> dict[str, Any]:
+    """Validation metrics of an in-memory candidate: the torch model on each clip's inputs under the clip-length
+    policy (`earshot.clips`), window scores aggregated as served; unreadable clips are left out."""
+    labels = manifest.labels
+    model = trained.model.eval()
+    y_true, y_pred = [], []
+    with torch.no_grad():
+        for i in va:
+            it = manifest.items[int(i)]
+            try:
+                y = audio.decode(it.source, trained.sample_rate, name=str(it.path))
+            except AudioError:
+                continue
+            frames = clips.clip_frames(y, trained.sample_rate, trained.window_seconds, trained.min_seconds)
+            rows = model(torch.as_tensor(frames, dtype=torch.float32))[0].numpy()
+            y_true.append(labels.index(it.label))
+            y_pred.append(int(clips.aggregate(rows, model.multi_label).argmax()))
+    return metrics_for(y_true, y_pred, labels)
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    *,
+    quiet: bool = False,
+    progress: Progress | None = None,
+    name: str | None = None,
+    **options: Any,
+) -> Path:
+    """Train a single-label classifier on `data` (any layout `load_manifest` reads) → bundle `out`.
+
+    `options` are those of :func:`fit`: `model` ``auto`` | ``transfer`` | ``cnn`` (see the module doc);
+    validation `val_fold`, else `val_split`, else the layout's official validation fold, else a stratified
+    group-aware 20 %; `cv=K` for K-fold cross-validation (official folds when K equals their number), mean ± std
+    in the card, the bundle being the best fold's model; `epochs` maximum (early stopping keeps the best);
+    `backbone`, `filters`, `label_regex`, `group_regex`, `seed`, `finetune`. Progress: one line per step on
+    stderr unless `quiet`; `progress(event_dict)` gets the same events. `name`: the card's name (default: out's
+    folder name). Returns the bundle directory.
+    """
+    t_start = time.time()
+    result = fit(data, quiet=quiet, progress=progress, **options)
+    log = Log(quiet, progress)
+    log.t0 = t_start
+    log(f"chose {result.chosen.family}: {result.why}", stage="chosen", family=result.chosen.family)
+    return write_bundle(result, out, backbone=options.get("backbone", "mn04-as"), t_start=t_start, log=log,
+                        name=name)
