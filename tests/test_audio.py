@@ -210,15 +210,25 @@ def test_sources_path_str_bytes_fileobjects(dog, tmp_path):
         proc.wait()
 
 
-def test_fifo_path(dog, tmp_path):
-    fifo = tmp_path / "in.fifo"
+def test_fifo_and_device_paths_fail_at_once(dog, tmp_path):
+    """A path to a pipe nobody writes to (or a device) would block or read forever: a typed error at once.
+    Pipes are read through a file object (stdin)."""
     import os
+    import time
 
+    fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
+    for path, kind in ((fifo, "named pipe"), ("/dev/zero", "device")):
+        t = time.monotonic()
+        with pytest.raises(AudioError) as e:
+            audio.decode(path, SR)
+        assert e.value.reason == "not_regular" and time.monotonic() - t < 1.0
+        assert str(path) in str(e.value) and kind in str(e.value)
     writer = threading.Thread(target=lambda: fifo.write_bytes(dog.read_bytes()))
     writer.start()
     try:
-        y = audio.decode(fifo, SR)
+        with open(fifo, "rb") as f:
+            y = audio.decode(f, SR)
     finally:
         writer.join(5)
     np.testing.assert_array_equal(y, audio.decode(dog, SR))

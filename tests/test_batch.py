@@ -148,3 +148,29 @@ def test_ray_engine_keeps_a_bundle_loaded_from_a_path(tmp_path, shared_data):
     assert (s["done"], s["failed"]) == (4, 0)
     docs = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
     assert len(docs) == 4 and all(d["error"] is None and d["model"] == "my-own-tagger" for d in docs)
+
+
+def test_results_follow_the_umask(tmp_path, shared_data):
+    """Result files and folders are readable as the process umask allows (not mkstemp's 0600), and so are
+    bundle cards."""
+    src = tmp_path / "in" / "sub"
+    src.mkdir(parents=True)
+    for f in sorted((shared_data / "esc50" / "audio").glob("*.wav"))[:3]:
+        shutil.copy(f, src / f.name)
+    (src / "bad.wav").write_bytes(b"RIFF....WAVEfmt ")
+    code = (
+        "import os, sys; os.umask(0o027)\n"
+        "from pathlib import Path\n"
+        "from earshot.batch import batch\n"
+        "from earshot.bundle import write_json_atomic\n"
+        "batch(sys.argv[1], sys.argv[2], workers=1, ledger=sys.argv[3], progress=False)\n"
+        "write_json_atomic(Path(sys.argv[2]) / 'card.json', {'a': 1})\n"
+    )
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(out), str(tmp_path / "l.sqlite")],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert len(files) == 5 and any(p.name.endswith(".error.json") for p in files)
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_dir()} == {oct(0o750)}

@@ -94,3 +94,28 @@ def test_models_list_and_info():
     assert any(r["name"] == "mn04-as" and r["pulled"] for r in json.loads(out.stdout))
     info = json.loads(earshot("models", "info", "mn04-as").stdout)
     assert info["sample_rate"] == 32000 and info["onnx_check"]["max_abs_score_diff"] <= 1e-4
+
+
+def test_every_named_input_ends_with_one_record(tmp_path, tagger):
+    """No input hangs or vanishes: a FIFO fails at once, a folder named like audio that holds none is an error
+    record, a glob matching nothing too, and a file named twice (directly and through its folder) is one record."""
+    import time
+
+    dog = tmp_path / "clips" / "dog.wav"
+    dog.parent.mkdir()
+    shutil.copy(esc50_clip("dog"), dog)
+    (tmp_path / "empty.wav").mkdir()
+    fifo = tmp_path / "live.fifo"
+    os.mkfifo(fifo)
+    t = time.monotonic()
+    out = earshot("predict", str(dog), str(dog.parent), str(tmp_path / "empty.wav"), str(fifo),
+                  str(tmp_path / "nothing*.flac"), "--format", "jsonl", timeout=60)
+    assert time.monotonic() - t < 30
+    assert out.returncode == 1, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["title"] for r in rows] == [str(dog), str(tmp_path / "empty.wav"), str(fifo),
+                                          str(tmp_path / "nothing*.flac")]
+    assert rows[0]["error"] is None and rows[0]["labels"]
+    assert [r["error"]["reason"] for r in rows[1:]] == ["no_audio", "not_regular", "not_found"]
+    assert all(r["labels"] == [] for r in rows[1:])
+    assert b"3 of 4 inputs failed" in out.stderr

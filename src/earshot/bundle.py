@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from earshot.errors import ModelError
+from earshot.permissions import file_mode
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -58,6 +59,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, ensure_ascii=False)
         os.replace(tmp, path)

@@ -6,7 +6,7 @@ Formats libsndfile cannot read (m4a/aac/webm/mp4/video, ...) go through PyAV, th
 
 Every failure is an :class:`~earshot.errors.AudioError` whose ``source`` names the input and whose ``reason``
 is one of: not_found, empty, truncated, unsupported, no_channels, non_finite, no_samples, too_long,
-needs_media_extra, read_error.
+needs_media_extra, not_regular (a pipe, socket or device named by path), read_error.
 
 Length limit: ``max_seconds=None`` means the ``EARSHOT_MAX_SECONDS`` environment variable when it is set
 (a number of seconds; empty or 0 means no limit), else no limit; pass ``math.inf`` to ignore the variable.

@@ -96,15 +96,12 @@ class Input:
             raise self.error("read_error", f"could not be read: {e.strerror or e}") from None
         if stat.S_ISDIR(st.st_mode):
             raise self.error("read_error", "is a directory, not an audio file")
-        if stat.S_ISREG(st.st_mode):
-            self.path = self.target = path
-            self.size = st.st_size
-            return
-        try:  # a pipe or device (/dev/stdin): spool it so it can be probed and seeked
-            with open(path, "rb") as f:
-                self._spool(f)
-        except OSError as e:
-            raise self.error("read_error", f"could not be read: {e.strerror or e}") from None
+        if not stat.S_ISREG(st.st_mode):
+            # Opening a pipe with no writer, or reading a device, could wait forever: refuse at once.
+            raise self.error("not_regular", f"is a {_kind(st.st_mode)}, not a regular file; pipe a stream "
+                             "through '-' (standard input) or pass an open binary file object")
+        self.path = self.target = path
+        self.size = st.st_size
 
     def _from_file(self, f: Any, name: str | None) -> None:
         fname = getattr(f, "name", None)
@@ -167,3 +164,13 @@ class Input:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"

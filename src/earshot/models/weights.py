@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from earshot.errors import ModelError
+from earshot.permissions import file_mode
 
 
 def earshot_home() -> Path:
@@ -62,6 +63,7 @@ def fetch(filename: str, url: str, sha256: str) -> Path:
 def _install(src: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    os.fchmod(fd, file_mode())
     os.close(fd)
     shutil.copyfile(src, tmp)
     os.replace(tmp, target)
@@ -71,6 +73,7 @@ def _download(url: str, target: Path, sha256: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
+        os.fchmod(fd, file_mode())
         import urllib.request  # only when a download is needed: keeps every start-up light
 
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earshot.errors import StorageError
+from earshot.permissions import dir_mode, file_mode
 
 TEMP_MARK = ".earshot-tmp"
 
@@ -193,6 +194,7 @@ class LocalStore(Store):
                 fd, tmp = temp()
             try:
                 try:
+                    os.fchmod(fd, file_mode())  # readable as a plain write would be, not mkstemp's 0600
                     view = memoryview(data)
                     while view:
                         view = view[os.write(fd, view) :]
@@ -457,6 +459,7 @@ def fetch_bundle(url: str, cache: Path, *, endpoint_url: str | None = None) -> P
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
     try:
+        os.chmod(tmp, dir_mode())
         for o in objects:
             (tmp / safe_key(o.key)).write_bytes(store.get(o.key))
         (tmp / ".source.json").write_text(stamp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import torch
 
 from earshot import __version__
 from earshot.bundle import CARD_FILE, MODEL_FILE, write_json_atomic
+from earshot.permissions import dir_mode
 
 OUTPUTS = ["scores", "embedding", "logmel"]
 
@@ -36,6 +38,7 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
+        os.chmod(tmp, dir_mode())  # the bundle folder is shared like any other, not mkdtemp's 0700
         example = torch.randn(2, int(sr * 2.0)) * 0.1
         batch, samples = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("samples", min=sr // 10)
         with quiet_export(), torch.no_grad():

@@ -1,0 +1,26 @@
+"""The `earshot` command root: the typer app, the options every command shares, and how commands report."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sound classification: tag, train, serve.")
+models_app = typer.Typer(no_args_is_help=True, help="Pretrained models and bundles.")
+app.add_typer(models_app, name="models", rich_help_panel="Models")
+
+Model = Annotated[str, typer.Option("--model", "-m", help="Registry name, bundle directory or s3:// bundle.")]
+Endpoint = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL",
+                                              help="S3-compatible endpoint (MinIO, IBM COS, ...).")]
+
+
+def err(msg: str) -> None:
+    """One line on stderr, prefixed with the program name."""
+    typer.echo(f"earshot: {msg}", err=True)
+
+
+def default_workers() -> int:
+    """Classifier threads when a command is not told: one per core."""
+    return os.cpu_count() or 1
