@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -222,6 +222,8 @@ class Classifier:
         single-threaded session: for one clip at a time that beats both batching and intra-op threads on CPU.
         """
         workers = workers or os.cpu_count() or 1
+        if isinstance(sources, Sized):  # one input needs no pool, nor a second session
+            workers = max(1, min(workers, len(sources)))
         clf = self.single_threaded() if workers > 1 else self
 
         def one(s: Source) -> Prediction:
