@@ -189,3 +189,24 @@ def test_serving_path_never_imports_torch(tagger):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_optimised_graph_is_kept_and_a_damaged_one_rebuilt(tagger, tmp_path, monkeypatch):
+    """The first load saves onnxruntime's optimised graph; later loads use it; a damaged file is replaced."""
+    import earshot
+    from earshot.classifier import optimized_graph_path
+
+    monkeypatch.setenv("EARSHOT_HOME", str(tmp_path))
+    path = optimized_graph_path(tagger.bundle.model_path)
+    assert path is not None and str(path).startswith(str(tmp_path)) and not path.exists()
+    clip = esc50_clip("dog")
+    ref = tagger.predict(clip, top_k=5)
+    first = earshot.Classifier(tagger.bundle)
+    assert path.is_file() and path.stat().st_size > 1_000_000
+    path.write_bytes(b"not an onnx graph")
+    again = earshot.Classifier(tagger.bundle)
+    assert path.stat().st_size > 1_000_000
+    for clf in (first, again):
+        p = clf.predict(clip, top_k=5)
+        assert p.labels == ref.labels
+        assert np.abs(np.asarray(p.probabilities) - ref.probabilities).max() < 1e-3
