@@ -294,6 +294,21 @@ class Classifier:
         """`embed` for a clip already decoded at the model's rate."""
         return self._clip_rows(y, "embedding").mean(axis=0)
 
+    def embed_windows(self, source: Source, *, window: float = 1.0, hop: float | None = None,
+                      title: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-window embeddings of an input, streamed like `timeline`: (starts in seconds [n], embeddings
+        [n, dim]). A clip shorter than one window is one row of its own length (padded to `min_seconds`)."""
+        title = title or source_title(source)
+        hop = hop or window
+        sr = self.sample_rate
+        w, h = int(round(window * sr)), max(1, int(round(hop * sr)))
+        windows = clips.Windows(w, h, one_pass=w - 1, tail="end", min_samples=self._min_samples)
+        starts, rows = [], []
+        for s, r in self._scan(source, title, windows, "embedding", block_seconds=max(30.0, 4 * window)):
+            starts.append(s)
+            rows.append(r)
+        return np.concatenate(starts).astype(np.float64) / sr, np.concatenate(rows)
+
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""
         with audio.blocks(source, self.sample_rate, max_seconds, name=title or source_title(source)) as blocks:
