@@ -277,3 +277,20 @@ def test_live_pipe_is_classified_while_it_is_still_being_written(keywords):
     assert not written_when_first_arrived, "the first segment waited for the end of the input"
     recs = records(out)
     assert p.returncode == 0 and recs[-1]["type"] == "summary" and recs[-1]["duration"] == 6.0, err.decode()
+
+
+def test_class_filters_apply_to_segments_events_and_summary():
+    """--exclude Animal drops the whole subtree (Dog, Bark, ...) everywhere; --classes Animal keeps only it."""
+    from earshot.ontology import load
+
+    animal = set(load().subtree("Animal"))
+    dog = str(esc50_clip("dog"))
+    kept = records(stream_cli(dog, "--top-k", "5", "--classes", "Animal").stdout)
+    dropped = records(stream_cli(dog, "--top-k", "5", "--exclude", "Animal").stdout)
+    for recs, inside in ((kept, True), (dropped, False)):
+        ids = [i for r in of(recs, "segment") + of(recs, "summary") for i in r["labels_info"]]
+        ids += [e["label_id"] for e in of(recs, "event") + of(recs, "event_start")]
+        assert ids and all((i in animal) == inside for i in ids), (inside, ids)
+    assert any(e["label"] == "Dog" for e in of(kept, "event"))
+    bad = stream_cli(dog, "--classes", "Dgo")
+    assert bad.returncode == 1 and of(records(bad.stdout), "error")[0]["error"]["reason"] == "unknown_label"

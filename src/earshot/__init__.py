@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from earshot.errors import AudioError, DataError, EarshotError, ModelError, StorageError
+from earshot.errors import AudioError, DataError, EarshotError, LabelError, ModelError, StorageError
 from earshot.prediction import Event, Prediction, Segment
 
 __version__ = "0.1.0"
@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from earshot.classifier import Classifier
 
 __all__ = [
-    "AudioError", "Classifier", "DataError", "EarshotError", "Event", "ModelError", "Prediction", "Segment",
-    "StorageError", "load", "train", "__version__",
+    "AudioError", "Classifier", "DataError", "EarshotError", "Event", "LabelError", "ModelError", "Prediction",
+    "Segment", "StorageError", "load", "train", "__version__",
 ]
 
 

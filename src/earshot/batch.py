@@ -55,11 +55,14 @@ class _Progress:
 def batch(src: str | Store, dst: str | os.PathLike, *, model="mn04-as", workers: int = 1,
           ledger: str | Ledger | None = None, fmt: str = "json", engine: str = "local", progress: bool = True,
           endpoint_url: str | None = None, top_k: int = 5, max_attempts: int = 3, lease: float = 300.0,
-          backoff: float = 1.0, ray_batch_size: int = 16) -> dict[str, Any]:
+          backoff: float = 1.0, ray_batch_size: int = 64, address: str | None = None, num_cpus: float = 1.0,
+          num_gpus: float = 0.0) -> dict[str, Any]:
     """Classify every object under SRC into DST; returns {"done", "failed", "skipped", "total", "seconds", ...}.
 
     `skipped` counts objects finished by an earlier run on the same ledger (same version). `engine="ray"` runs
-    a `ray.data` pipeline with one Classifier per actor (`workers` actors).
+    a `ray.data` pipeline with one Classifier per actor: on the cluster at `address` (`HOST:PORT` or `auto`),
+    else on a local Ray; `workers` actors (0: as many as the cluster's CPUs, or GPUs, hold), each asking for
+    `num_cpus` CPUs and `num_gpus` GPUs (a GPU actor runs on CUDA when onnxruntime-gpu is installed).
     """
     if fmt not in ("json", "jsonl"):
         raise ValueError("fmt must be 'json' or 'jsonl'")
@@ -86,6 +89,7 @@ def batch(src: str | Store, dst: str | os.PathLike, *, model="mn04-as", workers:
     bar = _Progress(todo, progress)
     try:
         if todo and engine == "local":
+            workers = workers or os.cpu_count() or 1
             clf = load_model(model, workers)
             runner = Runner(run.src, run.dst, clf, run.ledger, sink=run.sink, workers=workers,
                             max_attempts=max_attempts, lease=lease, backoff=backoff, top_k=top_k,
@@ -100,7 +104,7 @@ def batch(src: str | Store, dst: str | os.PathLike, *, model="mn04-as", workers:
         elif todo:
             done, failed = run_ray(run, model=model, workers=workers, top_k=top_k, max_attempts=max_attempts,
                                    store_results=fmt == "jsonl", batch_size=ray_batch_size, lease=lease,
-                                   on_finish=bar.advance)
+                                   on_finish=bar.advance, address=address, num_cpus=num_cpus, num_gpus=num_gpus)
             summary["done"], summary["failed"] = done, failed
     finally:
         bar.close()

@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -22,9 +22,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import onnxruntime as ort
 
-from earshot import audio, clips, ranking
+from earshot import audio, clips, limits, ranking
 from earshot.bundle import Bundle, read_bundle
-from earshot.errors import AudioError
+from earshot.errors import AudioError, ModelError
 from earshot.events import EventTracker
 from earshot.prediction import Prediction, Segment
 
@@ -67,9 +67,16 @@ class Classifier:
 
     BATCH_SECONDS = 8  # audio per model call when many windows are scored
 
-    def __init__(self, bundle: Bundle, *, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.bundle = bundle
+        # onnxruntime execution providers in order of preference; the optimised-graph cache is for the CPU only
+        self.providers: list[str] = list(providers or ["CPUExecutionProvider"])
         card = bundle.card
+        if card.get("input", "waveform") != "waveform":
+            raise ModelError(
+                f"a head-only bundle: its model.onnx scores {card.get('input')} [batch, frames, dim], not audio, "
+                f"so it cannot decode audio; score packed embedding files with "
+                f"`earshot predict --model {bundle.path} FILE.h5`", source=str(bundle.path), reason="head_only")
         self.card: dict[str, Any] = card
         self.name: str = card["name"]
         self.labels: list[str] = list(card["labels"])
@@ -83,6 +90,7 @@ class Classifier:
         self._st_session: ort.InferenceSession | None = None
         self._pinned: ort.InferenceSession | None = None  # set on single_threaded() views
         self._inflight = 0
+        self._masks: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray | None] = {}
         self.session = self._session(threads or os.cpu_count() or 1)
 
     def _session(self, threads: int) -> ort.InferenceSession:
@@ -95,8 +103,8 @@ class Classifier:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return opts
 
-        providers = ["CPUExecutionProvider"]
-        cached = optimized_graph_path(self.bundle.model_path)
+        providers = self.providers
+        cached = optimized_graph_path(self.bundle.model_path) if providers == ["CPUExecutionProvider"] else None
         if cached is not None and cached.is_file():
             try:  # optimised once on this machine: loading it skips the graph optimisation at every start
                 return ort.InferenceSession(str(cached), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
@@ -160,19 +168,31 @@ class Classifier:
         """`y` followed by silence up to the card's `min_seconds` (the short-clip rule of `earshot.clips`)."""
         return clips.pad_to(y, self._min_samples)
 
-    def run_windows(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
+    def run_windows(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",), *,
+                    stop: Callable[[], None] | None = None) -> list[np.ndarray]:
         """Outputs for many equal-length windows: batches of up to 8 s of audio (8 one-second windows, one
         ten-second window) spread over the cores, one single-threaded session call per batch (on 2 cores 2x
-        faster than one call with intra-op threads); the batch bound keeps the model's working memory small."""
+        faster than one call with intra-op threads); the batch bound keeps the model's working memory small. `stop`
+        (`earshot.limits.stopper`) is called before each batch and raises to abandon the rest."""
         per = max(1, min(8, self.BATCH_SECONDS * self.sample_rate // max(1, frames.shape[1])))
         chunks = [frames[i : i + per] for i in range(0, len(frames), per)]
         workers = min(len(chunks), os.cpu_count() or 1)
         if workers > 1:
             session = self._pinned or self._single_thread_session()
+
+            def batch(c: np.ndarray) -> list[np.ndarray]:
+                if stop is not None:
+                    stop()
+                return self._call(c, outputs, session)
+
             with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(lambda c: self._call(c, outputs, session), chunks))
+                parts = list(pool.map(batch, chunks))
         else:
-            parts = [self.run(c, outputs) for c in chunks]
+            parts = []
+            for c in chunks:
+                if stop is not None:
+                    stop()
+                parts.append(self.run(c, outputs))
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
     def _clip_rows(self, y: np.ndarray, output: str) -> np.ndarray:
@@ -197,13 +217,48 @@ class Classifier:
         hop: float | None = None,
         threshold: float | None = None,
         title: str | None = None,
+        links: bool = False,
+        classes: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        max_seconds: float | None = None,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Prediction:
-        """Top labels for one input (raises AudioError on bad input). With `timeline`, adds segments and events."""
+        """Top labels for one input (raises AudioError on bad input). With `timeline`, adds segments and events.
+
+        `links` adds each label's `links`, `descriptions` and `parents` (`earshot.ontology.annotate`).
+        `classes` / `exclude` keep / drop whole ontology subtrees, named by class name or id (label names for
+        models without ontology ids), in clip labels, segments and events alike: see `class_mask`.
+
+        `max_seconds` bounds the input's length (AudioError too_long; None: EARSHOT_MAX_SECONDS). The work stops
+        between model batches, raising `earshot.limits.Cancelled`, once `time.monotonic()` passes `deadline` or
+        `cancel` is set. Timeline parameters are checked by `earshot.limits` (LimitError, a ValueError).
+        """
         title = title or source_title(source)
         if timeline:
-            return self.timeline(source, window=window or 1.0, hop=hop, threshold=threshold, top_k=top_k, title=title)
-        scores, total = self._clip_reduce(source, title, "scores")
-        return self._prediction(title, scores, total / self.sample_rate, top_k, threshold)
+            return self.timeline(source, window=window or 1.0, hop=hop, threshold=threshold, top_k=top_k, title=title,
+                                 links=links, classes=classes, exclude=exclude, max_seconds=max_seconds,
+                                 deadline=deadline, cancel=cancel)
+        allowed = self.class_mask(classes, exclude)
+        scores, total = self._clip_reduce(source, title, "scores", max_seconds=max_seconds,
+                                          stop=limits.stopper(deadline, cancel))
+        return self._prediction(title, scores, total / self.sample_rate, top_k, threshold, allowed, links)
+
+    def class_mask(self, classes: Iterable[str] | None = None,
+                   exclude: Iterable[str] | None = None) -> np.ndarray | None:
+        """The labels a class filter keeps, one bool per label (None without a filter), as
+        `earshot.ontology.label_mask` builds it. Raises LabelError, with close names as suggestions, for a value
+        that names neither an ontology class nor a label of this model. Cached per filter."""
+        key = tuple((v,) if isinstance(v, str) else tuple(v or ()) for v in (classes, exclude))
+        if key == ((), ()):
+            return None
+        if key not in self._masks:
+            from earshot.ontology import label_mask
+
+            if len(self._masks) >= 256:
+                self._masks.clear()
+            self._masks[key] = label_mask(self.labels, self.label_ids, key[0], key[1], model=self.name)
+        return self._masks[key]
 
     def predict_many(
         self,
@@ -215,12 +270,18 @@ class Classifier:
         hop: float | None = None,
         threshold: float | None = None,
         workers: int | None = None,
+        links: bool = False,
+        classes: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
     ) -> Iterator[Prediction]:
         """Predictions in input order; a bad input yields its failure object instead of raising.
 
         Inputs are decoded and classified on `workers` threads (default: one per core), each model call on a
         single-threaded session: for one clip at a time that beats both batching and intra-op threads on CPU.
         """
+        classes = (classes,) if isinstance(classes, str) else tuple(classes or ())
+        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
+        self.class_mask(classes, exclude)  # an unknown class fails the call, not every input
         workers = workers or os.cpu_count() or 1
         if isinstance(sources, Sized):  # one input needs no pool, nor a second session
             workers = max(1, min(workers, len(sources)))
@@ -228,7 +289,8 @@ class Classifier:
 
         def one(s: Source) -> Prediction:
             try:
-                return clf.predict(s, top_k=top_k, timeline=timeline, window=window, hop=hop, threshold=threshold)
+                return clf.predict(s, top_k=top_k, timeline=timeline, window=window, hop=hop, threshold=threshold,
+                                   links=links, classes=classes, exclude=exclude)
             except Exception as e:  # noqa: BLE001 - every input ends with a result or an error record
                 return Prediction.failure(source_title(s), e, self.name)
 
@@ -259,31 +321,47 @@ class Classifier:
         top_k: int = 3,
         min_duration: float = 0.0,
         title: str | None = None,
+        links: bool = False,
+        classes: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        max_seconds: float | None = None,
+        max_segments: int = limits.MAX_SEGMENTS,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Prediction:
-        """Sliding-window analysis streamed block by block: per-window top labels, merged events, clip labels."""
+        """Sliding-window analysis streamed block by block: per-window top labels, merged events, clip labels.
+        `links`, `classes`, `exclude`, `max_seconds`, `deadline` and `cancel` as in `predict`.
+
+        `window` and `hop` (default window/2) must be within `earshot.limits` bounds, and the input may make at
+        most `max_segments` windows (refused from its header when it tells the length, else once passed):
+        LimitError otherwise, before the memory or the time is spent."""
         title = title or source_title(source)
-        hop = hop or window / 2
-        if window <= 0 or hop <= 0:
-            raise ValueError("window and hop must be positive")
+        window, hop = limits.check_timeline(window, hop or None)
+        labels_per_segment = max(1, min(top_k, len(self.labels)))
+        allowed = self.class_mask(classes, exclude)
         sr = self.sample_rate
         w, h = int(round(window * sr)), max(1, int(round(hop * sr)))
         # a clip shorter than one window is one frame of its own length; the last frame is what follows the
         # last full window
         windows = clips.Windows(w, h, one_pass=w - 1, tail="rest", min_samples=self._min_samples)
         starts, rows = [], []
-        for s, r in self._scan(source, title, windows, "scores", block_seconds=max(30.0, 4 * window)):
+        for s, r in self._scan(source, title, windows, "scores", limits.timeline_block_seconds(window, hop),
+                               max_seconds=max_seconds, stop=limits.stopper(deadline, cancel),
+                               segments=lambda n: limits.check_segments(n, labels_per_segment, max_segments)):
             starts.append(s)
             rows.append(r)
         total = windows.total
         scores = np.concatenate(rows)
         begin = np.concatenate(starts).astype(np.float64) / sr
         end = np.minimum(begin + window, total / sr)
-        pred = self._prediction(title, clips.aggregate(scores, self.multi_label), total / sr, top_k, threshold)
+        pred = self._prediction(title, clips.aggregate(scores, self.multi_label), total / sr, top_k, threshold,
+                                allowed, links)
         pred.segments = []
         for b, e, s in zip(begin, end, scores):
-            labels, probs, _ = ranking.ranked(s, self.labels, self.label_ids, top_k)
+            labels, probs, _ = ranking.ranked(s, self.labels, self.label_ids, top_k, allowed=allowed)
             pred.segments.append(Segment(round(float(b), 3), round(float(e), 3), labels, probs))
-        pred.events = EventTracker.for_classifier(self, threshold, min_duration).events(scores, begin, end)
+        tracker = EventTracker.for_classifier(self, threshold, min_duration, allowed)
+        pred.events = tracker.events(scores, begin, end)
         return pred
 
     def embed(self, source: Source, title: str | None = None) -> np.ndarray:
@@ -321,21 +399,37 @@ class Classifier:
     def _min_samples(self) -> int:
         return int(round(self.min_seconds * self.sample_rate))
 
-    def _scan(self, source: Source, title: str, windows: clips.Windows, output: str,
-              block_seconds: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _scan(self, source: Source, title: str, windows: clips.Windows, output: str, block_seconds: float, *,
+              max_seconds: float | None = None, stop: Callable[[], None] | None = None,
+              segments: Callable[[int], object] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(starts, output rows) for the windows of an input decoded block by block: memory stays bounded by
-        a block and a batch of windows, whatever the input's length."""
-        for block in audio.blocks(source, self.sample_rate, block_seconds=block_seconds, name=title):
-            got = windows.push(block)
-            if got is not None:
-                yield got[0], self.run_windows(got[1], (output,))[0]
+        a block and a batch of windows, whatever the input's length. `max_seconds` bounds the input's length,
+        `stop` is called between batches and raises to abandon the scan, `segments` is given the number of
+        windows the header promises, then the running count, and raises to refuse the input."""
+        sr = self.sample_rate
+        with audio.blocks(source, sr, block_seconds=block_seconds, max_seconds=max_seconds, name=title) as blocks:
+            if segments is not None and blocks.info.frames:
+                seconds = blocks.info.frames / blocks.info.sample_rate
+                segments(limits.timeline_segments(seconds, windows.window / sr, windows.hop / sr))
+            made = 0
+            for block in blocks:
+                if stop is not None:
+                    stop()
+                got = windows.push(block)
+                if got is not None:
+                    made += len(got[0])
+                    if segments is not None:
+                        segments(made)
+                    yield got[0], self.run_windows(got[1], (output,), stop=stop)[0]
         if windows.total == 0:
             raise AudioError("no samples after decoding", source=title, reason="no_samples")
         got = windows.finish()
         if got is not None:
             yield got[0], self.run(got[1], (output,))[0]
 
-    def _clip_reduce(self, source: Source, title: str, output: str, mean: bool = False) -> tuple[np.ndarray, int]:
+    def _clip_reduce(self, source: Source, title: str, output: str, mean: bool = False, *,
+                     max_seconds: float | None = None,
+                     stop: Callable[[], None] | None = None) -> tuple[np.ndarray, int]:
         """The clip-level output of a streamed input under `earshot.clips` (max or mean over its windows,
         `mean` forcing the mean), and its length in samples."""
         win = int(round(self.window_seconds * self.sample_rate))
@@ -344,16 +438,25 @@ class Classifier:
         use_max = self.multi_label and not mean
         acc: np.ndarray | None = None
         n = 0
-        for _, rows in self._scan(source, title, windows, output, block_seconds=4 * self.window_seconds):
+        for _, rows in self._scan(source, title, windows, output, 4 * self.window_seconds, max_seconds=max_seconds,
+                                  stop=stop):
             part = rows.max(axis=0) if use_max else rows.sum(axis=0, dtype=np.float64)
             acc = part if acc is None else (np.maximum(acc, part) if use_max else acc + part)
             n += len(rows)
         assert acc is not None
         return (acc if use_max else (acc / n).astype(np.float32)), windows.total
 
-    def _prediction(self, title: str, scores: np.ndarray, duration: float, top_k: int, threshold: float | None):
-        labels, probs, ids = ranking.ranked(scores, self.labels, self.label_ids, top_k, threshold)
-        return Prediction(title=title, labels=labels, probabilities=probs, labels_info=ids, model=self.name,
+    def _prediction(self, title: str, scores: np.ndarray, duration: float, top_k: int, threshold: float | None,
+                    allowed: np.ndarray | None = None, links: bool = False) -> Prediction:
+        if threshold is None:  # a multi-label card's tuned thresholds, else plain top-k
+            threshold = ranking.label_thresholds(self.card)
+        labels, probs, ids = ranking.ranked(scores, self.labels, self.label_ids, top_k, threshold, allowed)
+        pred = Prediction(title=title, labels=labels, probabilities=probs, labels_info=ids, model=self.name,
                           duration=round(duration, 3))
+        if links:
+            from earshot.ontology import annotate
+
+            annotate(pred)
+        return pred
 
 

@@ -35,3 +35,18 @@ class DataError(EarshotError):
 
 class StorageError(EarshotError):
     """An object store or folder could not be listed, read or written."""
+
+
+class LabelError(EarshotError):
+    """A class or label name that neither the ontology nor the model knows (`reason` unknown_label), or one that
+    names no label of the model (`reason` no_label). `suggestions` holds close matches."""
+
+    def __init__(self, message: str, *, suggestions: list[str] | None = None, reason: str = "unknown_label",
+                 source: str | None = None) -> None:
+        self.suggestions = list(suggestions or [])
+        if self.suggestions:
+            message += "; did you mean " + ", ".join(repr(s) for s in self.suggestions) + "?"
+        super().__init__(message, source=source, reason=reason)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "suggestions": self.suggestions}

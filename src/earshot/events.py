@@ -14,7 +14,10 @@ class EventTracker:
     """Incremental event merging, the rule of ``Classifier.timeline``: a label's event starts at a window scoring
     at least its threshold, stays on while windows score at least half of it, and is kept when it lasts
     ``min_duration`` (first window start to last window end). The score is the peak. For a single-label model
-    only each window's winner counts.
+    only each window's winner counts. With ``allowed`` (a class mask, one bool per label) labels it leaves out
+    never open an event, and a single-label window's winner is chosen among the labels it keeps. ``background``
+    labels (a keyword model's ``_silence_`` / ``_unknown_``: the card's ``background_labels``) compete for the
+    window but never open an event: a window they win is a window with no event.
 
     Feed windows in order with :meth:`update`; :meth:`flush` closes what is still on at the end.
     """
@@ -27,9 +30,15 @@ class EventTracker:
         *,
         multi_label: bool = True,
         min_duration: float = 0.0,
+        allowed: np.ndarray | None = None,
+        background: Iterable[str] = (),
     ) -> None:
         self.labels, self.label_ids = list(labels), list(label_ids)
+        self.allowed = None if allowed is None else np.asarray(allowed, dtype=bool)
         self.on = np.asarray(thresholds, dtype=np.float32)
+        self.on = np.where(np.isin(self.labels, list(background)), np.float32(np.inf), self.on)
+        if self.allowed is not None:
+            self.on = np.where(self.allowed, self.on, np.float32(np.inf))
         self.off = self.on * 0.5
         self.multi_label, self.min_duration = multi_label, min_duration
         n = len(self.labels)
@@ -40,13 +49,18 @@ class EventTracker:
         self.peak = np.zeros(n, dtype=np.float32)
 
     @classmethod
-    def for_classifier(cls, clf: Any, threshold: float | None = None, min_duration: float = 0.0) -> EventTracker:
+    def for_classifier(cls, clf: Any, threshold: float | None = None, min_duration: float = 0.0,
+                       allowed: np.ndarray | None = None) -> EventTracker:
         on = clf.thresholds if threshold is None else np.full(len(clf.labels), threshold, dtype=np.float32)
-        return cls(clf.labels, clf.label_ids, on, multi_label=clf.multi_label, min_duration=min_duration)
+        background = (getattr(clf, "card", None) or {}).get("background_labels") or ()
+        return cls(clf.labels, clf.label_ids, on, multi_label=clf.multi_label, min_duration=min_duration,
+                   allowed=allowed, background=background)
 
     def update(self, scores: np.ndarray, start: float, end: float) -> tuple[list[Event], list[Event]]:
         """One window's scores → (events that just became reportable, events that just closed)."""
         s = np.asarray(scores, dtype=np.float32)
+        if self.allowed is not None:
+            s = np.where(self.allowed, s, np.float32(-np.inf))
         if not self.multi_label:
             s = np.where(np.arange(len(s)) == s.argmax(), s, np.float32(0.0))
         stays = self.active & (s >= self.off)

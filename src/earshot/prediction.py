@@ -31,7 +31,12 @@ class Event:
 
 @dataclass
 class Prediction:
-    """What earshot says about one input; `error` is set (and `labels` empty) when it failed."""
+    """What earshot says about one input; `error` is set (and `labels` empty) when it failed.
+
+    `links`, `descriptions` and `parents` are parallel to `labels` and present only when asked for
+    (`predict(..., links=True)`): the class's citation or search URL, its ontology description, and the names of
+    the classes above it, nearest first; null, null and [] for a label without an ontology id.
+    """
 
     title: str
     labels: list[str] = field(default_factory=list)
@@ -42,6 +47,9 @@ class Prediction:
     segments: list[Segment] | None = None
     events: list[Event] | None = None
     error: dict[str, Any] | None = None
+    links: list[str | None] | None = None
+    descriptions: list[str | None] | None = None
+    parents: list[list[str]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -49,10 +57,9 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["segments"] is None:
-            del d["segments"]
-        if d["events"] is None:
-            del d["events"]
+        for optional in ("segments", "events", "links", "descriptions", "parents"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod

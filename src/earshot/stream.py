@@ -84,6 +84,8 @@ def stream(
     channels: int = 1,
     event_starts: bool = True,
     timeout: float | None = 10.0,
+    classes: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Classify `source` continuously; yields JSON-ready records (see the module doc) as audio arrives.
 
@@ -92,7 +94,8 @@ def stream(
     `realtime`: pace the input at real time. `allow_urls`: URLs are refused unless set. `max_seconds`: stop
     after this much audio. `on_segment(record)`: called for each segment record. `raw_format`
     (one of RAW_FORMATS) with `rate` and `channels`: headerless PCM. `event_starts`: yield event_start records.
-    `timeout`: seconds to wait on a URL (open and each read).
+    `timeout`: seconds to wait on a URL (open and each read). `classes` / `exclude`: keep or drop whole ontology
+    subtrees (or label names) in segments, events and the summary (`Classifier.class_mask`).
 
     Bad arguments, a refused URL, a missing microphone package or an unknown model raise here (ValueError,
     AudioError, ModelError); anything that goes wrong with the source once started ends the iteration with an
@@ -111,18 +114,20 @@ def stream(
         from earshot.classifier import Classifier
 
         clf = Classifier.load(model)
+    allowed = clf.class_mask(classes, exclude) if hasattr(clf, "class_mask") else None
     return _generate(lambda: src.open(mic_block=min(hop, 0.05)), src.name, clf, window=window, hop=hop,
                      threshold=threshold, top_k=top_k, min_duration=min_duration, max_seconds=max_seconds,
-                     on_segment=on_segment, event_starts=event_starts)
+                     on_segment=on_segment, event_starts=event_starts, allowed=allowed)
 
 
 def _generate(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, window: float, hop: float,
               threshold: float | None, top_k: int, min_duration: float, max_seconds: float | None,
-              on_segment: Callable[[dict[str, Any]], None] | None, event_starts: bool) -> Iterator[dict[str, Any]]:
+              on_segment: Callable[[dict[str, Any]], None] | None, event_starts: bool,
+              allowed: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
     sr = clf.sample_rate
     w, h = max(1, round(window * sr)), max(1, round(hop * sr))
     limit = None if max_seconds is None else max(1, round(max_seconds * sr))
-    tracker = EventTracker.for_classifier(clf, threshold, min_duration)
+    tracker = EventTracker.for_classifier(clf, threshold, min_duration, allowed)
     ring = _Ring(w)
     state = {"total": 0, "next_end": w, "scored_to": 0, "segments": 0, "events": 0}
     clip_max = clip_sum = None
@@ -141,7 +146,7 @@ def _generate(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, window
             for (b, e, _), s in zip(pending, rows):
                 clip_max = s if clip_max is None else np.maximum(clip_max, s)
                 clip_sum = s.astype(np.float64) if clip_sum is None else clip_sum + s
-                labels, probabilities, ids = ranking.ranked(s, clf.labels, clf.label_ids, top_k)
+                labels, probabilities, ids = ranking.ranked(s, clf.labels, clf.label_ids, top_k, allowed=allowed)
                 rec = {"type": "segment", "start": round(b / sr, 3), "end": round(e / sr, 3), "labels": labels,
                        "probabilities": probabilities, "labels_info": ids}
                 state["segments"] += 1
@@ -222,7 +227,7 @@ def _generate(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, window
                                "stopped": stopped, "error": err}
     if clip_max is not None:
         clip = clip_max if clf.multi_label else (clip_sum / state["segments"]).astype(np.float32)
-        labels, probabilities, ids = ranking.ranked(clip, clf.labels, clf.label_ids, top_k, threshold)
+        labels, probabilities, ids = ranking.ranked(clip, clf.labels, clf.label_ids, top_k, threshold, allowed=allowed)
         summary.update(labels=labels, probabilities=probabilities, labels_info=ids)
     yield summary
     if err is not None:

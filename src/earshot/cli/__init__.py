@@ -1,7 +1,8 @@
 """`earshot` command line: a thin shell over the Python API (no ML logic here), one module per area.
 
 `app` (the console entry point) lives in `app`; importing this package registers every command: `predict`,
-`models`, `training` (train, evaluate), `pipeline` (watch, batch), `serving` (serve, stream).
+`models`, `training` (train, evaluate), `pipeline` (watch, batch), `embeddings` (embed), `serving` (serve, stream),
+`search` (index, search).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from earshot.cli.app import app
 
 # Importing a command module registers its commands; `earshot --help` lists them in this order.
-for _area in ("predict", "training", "serving", "pipeline", "models"):
+for _area in ("predict", "training", "embeddings", "serving", "pipeline", "search", "models"):
     importlib.import_module(f"earshot.cli.{_area}")
 
 __all__ = ["app", "main"]

@@ -15,6 +15,12 @@ Model = Annotated[str, typer.Option("--model", "-m", help="Registry name, bundle
 Endpoint = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL",
                                               help="S3-compatible endpoint (MinIO, IBM COS, ...).")]
 
+Classes = Annotated[list[str] | None, typer.Option(
+    "--classes", help="Only labels under this AudioSet class, by name or id (its whole subtree), or a label name of "
+    "the model; repeatable.")]
+Exclude = Annotated[list[str] | None, typer.Option(
+    "--exclude", help="No labels under this class (name or id, whole subtree) or of this label name; repeatable.")]
+
 
 def err(msg: str) -> None:
     """One line on stderr, prefixed with the program name."""

@@ -10,14 +10,15 @@ from earshot.prediction import Prediction
 
 
 class PredictionWriter:
-    """Writes predictions as json (object or array), jsonl or csv to a stream."""
+    """Writes predictions as json (object or array), jsonl or csv to a stream; csv gains a `link` column with
+    `links`."""
 
     CSV_FIELDS = ["title", "rank", "label", "label_id", "probability", "duration", "model", "error"]
 
-    def __init__(self, fmt: str, out, single: bool) -> None:
+    def __init__(self, fmt: str, out, single: bool, links: bool = False) -> None:
         self.fmt, self.out, self.single, self.n = fmt, out, single, 0
         if fmt == "csv":
-            self.csv = csv.DictWriter(out, fieldnames=self.CSV_FIELDS)
+            self.csv = csv.DictWriter(out, fieldnames=self.CSV_FIELDS + (["link"] if links else []))
             self.csv.writeheader()
 
     def write(self, p: Prediction) -> None:
@@ -34,7 +35,10 @@ class PredictionWriter:
             if p.error:
                 self.csv.writerow({**base, "error": p.error.get("message")})
             for i, (lab, prob, lid) in enumerate(zip(p.labels, p.probabilities, p.labels_info)):
-                self.csv.writerow({**base, "rank": i + 1, "label": lab, "label_id": lid, "probability": prob})
+                row = {**base, "rank": i + 1, "label": lab, "label_id": lid, "probability": prob}
+                if p.links is not None:
+                    row["link"] = p.links[i]
+                self.csv.writerow(row)
         self.n += 1
         self.out.flush()
 

@@ -65,7 +65,11 @@ def batch(
     output: Annotated[str, typer.Option("--output", "-o")],
     model: Model = "mn04-as",
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
-    workers: Annotated[int, typer.Option(help="Classifier threads (default: one per core; writes run beside).")] = 0,
+    workers: Annotated[int, typer.Option(help="Classifier threads (default: one per core; writes run beside); "
+                                              "Ray actors (default: as many as the cluster holds).")] = 0,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to run on: HOST:PORT or auto (engine ray).")] = None,
+    num_cpus: Annotated[float, typer.Option(help="CPUs each Ray actor asks for (its onnxruntime threads).")] = 1.0,
+    num_gpus: Annotated[float, typer.Option(help="GPUs each Ray actor asks for (fractions share one).")] = 0.0,
     ledger: Annotated[str | None, typer.Option()] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="json (one file per input) or jsonl.")] = "json",
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
@@ -78,10 +82,12 @@ def batch(
     """One-shot classification of everything under SRC; resumable on the same ledger."""
     from earshot.batch import batch as run_batch
 
-    workers = workers or default_workers()
+    if address and engine != "ray":
+        raise typer.BadParameter("--address needs --engine ray")
+    workers = workers or (0 if engine == "ray" and address else default_workers())
     summary = run_batch(src, output, model=model, workers=workers, ledger=ledger, fmt=fmt, engine=engine,
                         progress=not quiet, endpoint_url=endpoint_url, top_k=top_k, max_attempts=max_attempts,
-                        lease=lease, backoff=backoff)
+                        lease=lease, backoff=backoff, address=address, num_cpus=num_cpus, num_gpus=num_gpus)
     typer.echo(json.dumps(summary, indent=2, default=str))
     if summary.get("failed"):
         raise typer.Exit(1)

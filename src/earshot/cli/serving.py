@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from earshot.cli.app import Model, app
+from earshot.cli.app import Classes, Exclude, Model, app
 
 
 @app.command(rich_help_panel="Serve")
@@ -42,6 +42,8 @@ def stream(
     timeout: Annotated[float, typer.Option(help="Seconds to wait on a URL.")] = 10.0,
     fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or text.")] = "jsonl",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    classes: Classes = None,
+    exclude: Exclude = None,
 ) -> None:
     """Classify a live stream continuously: one JSON line per window, events as they close, a summary."""
     from earshot.audio.pcm import RAW_FORMATS
@@ -55,5 +57,5 @@ def stream(
     code = run_stream(source, fmt=fmt, output=output, model=model, window=window, hop=hop, threshold=threshold,
                       top_k=top_k, min_duration=min_duration, realtime=realtime, allow_urls=allow_url,
                       max_seconds=max_seconds, raw_format=raw_format, rate=rate, channels=channels,
-                      event_starts=event_start, timeout=timeout)
+                      event_starts=event_start, timeout=timeout, classes=classes, exclude=exclude)
     raise typer.Exit(code)

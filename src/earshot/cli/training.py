@@ -4,19 +4,18 @@ to train)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from earshot.cli.app import app, err
+from earshot.cli.app import Endpoint, app, err
 from earshot.errors import EarshotError
 
 
 @app.command(rich_help_panel="Train")
 def train(
     data: Annotated[str, typer.Argument(help="Folder per class, CSV, ESC-50/UrbanSound8K/Speech Commands layout...")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Bundle directory (or s3:// prefix) to write.")],
     model: Annotated[str, typer.Option(help="auto, transfer or cnn.")] = "auto",
     backbone: Annotated[str, typer.Option(help="Pretrained backbone for transfer.")] = "mn04-as",
     val_fold: Annotated[str | None, typer.Option(help="Official fold used for validation.")] = None,
@@ -28,15 +27,39 @@ def train(
     epochs: Annotated[int | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
     finetune: Annotated[bool, typer.Option(help="Unfreeze the backbone at a low learning rate.")] = False,
+    synthesize: Annotated[bool, typer.Option(help="Add synthetic spoken examples of each label's word "
+                                             "(espeak-ng, flite, festival).")] = False,
+    words: Annotated[str | None, typer.Option(help="Keywords, optionally with what to say: 'yes,no,sheila=shayla'; "
+                                              "other labels become _unknown_.")] = None,
+    background: Annotated[bool | None, typer.Option("--background/--no-background",
+                                                    help="Add a _silence_ class (default: on for Speech Commands "
+                                                         "layouts and with --words).")] = None,
+    pooling: Annotated[str | None, typer.Option(help="Multi-label head: attention (default), mean or max. "
+                                                "Embedding files and multi-label data train one.")] = None,
+    window: Annotated[float | None, typer.Option(help="Multi-label data: embedding window, seconds (1.0).")] = None,
+    hop: Annotated[float | None, typer.Option(help="Multi-label data: embedding hop, seconds (the window).")] = None,
+    endpoint_url: Endpoint = None,
+    devices: Annotated[int, typer.Option(help="Train with N processes under torchrun (DistributedDataParallel): "
+                                         "one GPU each, or CPU processes sharing the cores.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a classifier and export it as a bundle (needs the `train` extra: pip install "earshot\\[train]")."""
     from earshot.training import train as run_train
 
+    if devices > 1:
+        from functools import partial
+
+        from earshot.training.distributed import launch
+
+        run_train = partial(launch, devices)
+
     try:
         path = run_train(data, out, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
                          filters=tuple(filter_ or ()), label_regex=label_regex, group_regex=group_regex,
-                         epochs=epochs, seed=seed, finetune=finetune, quiet=quiet)
+                         epochs=epochs, seed=seed, finetune=finetune, quiet=quiet, synthesize=synthesize,
+                         words=words, background=background,
+                         **{k: v for k, v in (("pooling", pooling), ("window", window), ("hop", hop),
+                                              ("endpoint_url", endpoint_url)) if v is not None})
     except EarshotError as e:
         err(str(e))
         raise typer.Exit(2) from e
@@ -52,19 +75,25 @@ def evaluate(
     label_regex: Annotated[str | None, typer.Option()] = None,
     group_regex: Annotated[str | None, typer.Option()] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="json or text.")] = "json",
+    endpoint_url: Endpoint = None,
 ) -> None:
-    """Metrics of a bundle on labelled data it never saw (accuracy, macro-F1, per class, confusion matrix)."""
+    """Metrics of a bundle on labelled data it never saw (accuracy, macro-F1, per class, confusion matrix; mAP,
+    AUC, d' for multi-label bundles and embedding files)."""
+    from earshot.cli.embeddings import use_endpoint
+    from earshot.pipeline.remote import local_input
     from earshot.training import evaluate as run_eval
 
+    use_endpoint(endpoint_url)
     try:
-        metrics = run_eval(bundle, data, val_fold=val_fold, filters=tuple(filter_ or ()), label_regex=label_regex,
-                           group_regex=group_regex)
+        with local_input(data, endpoint_url) as local:
+            metrics = run_eval(bundle, local, val_fold=val_fold, filters=tuple(filter_ or ()),
+                               label_regex=label_regex, group_regex=group_regex)
     except EarshotError as e:
         err(str(e))
         raise typer.Exit(2) from e
     if fmt == "json":
         typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
     else:
-        for k in ("n", "accuracy", "macro_f1", "mAP"):
+        for k in ("n", "accuracy", "macro_f1", "mAP", "auc", "d_prime"):
             if k in metrics:
                 typer.echo(f"{k:>10}: {metrics[k]}")

@@ -1,5 +1,5 @@
-"""S3/MinIO event notifications: an HTTP endpoint that records the objects they name without waiting for the
-next listing of SRC.
+"""S3/MinIO event notifications: what objects they name (`created_objects`, also read by `earshot.serverless`),
+and an HTTP endpoint that records those objects without waiting for the next listing of SRC.
 
 POST (any path) an AWS/MinIO `{"Records": [...]}` body; `GET /healthz` answers `{"ok": true}` and `GET /status`
 the ledger status of this source and sink.
@@ -11,7 +11,10 @@ import json
 import logging
 import threading
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from earshot.errors import StorageError
 from earshot.pipeline.discovery import Discovery
@@ -21,19 +24,62 @@ from earshot.pipeline.storage import LocalStore, S3Store, safe_key
 log = logging.getLogger(LOGGER)
 
 
-def record_events(disc: Discovery, body: dict) -> int:
-    """Record the objects that S3 event notifications (AWS/MinIO `Records`) created under SRC; returns how many
-    records named one (new or already known)."""
-    src = disc.src
-    rows = []
+@dataclass(frozen=True)
+class CreatedObject:
+    """An object that an event notification says was created: its bucket, its key (decoded), ETag and size."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int | None
+
+
+def created_objects(body: Any) -> Iterator[CreatedObject]:
+    """The objects created according to an event notification body: AWS S3 and MinIO `{"Records": [...]}` (keys
+    URL-encoded, as S3 sends them), the same delivered through SQS or SNS, and EventBridge `Object Created`
+    events (keys as they are). Other events (removals, `s3:TestEvent`) name none."""
+    if not isinstance(body, dict):
+        return
+    if body.get("source") == "aws.s3" and isinstance(body.get("detail"), dict):  # EventBridge
+        if "Object Created" in str(body.get("detail-type", "")):
+            d = body["detail"]
+            obj = d.get("object") or {}
+            yield CreatedObject(str((d.get("bucket") or {}).get("name", "")), str(obj.get("key", "")),
+                                str(obj.get("etag", "")), obj.get("size"))
+        return
     for rec in body.get("Records") or []:
+        if not isinstance(rec, dict):
+            continue
+        if "body" in rec and rec.get("eventSource") == "aws:sqs":
+            yield from created_objects(_json(rec["body"]))
+            continue
+        if isinstance(rec.get("Sns"), dict):
+            yield from created_objects(_json(rec["Sns"].get("Message")))
+            continue
         name = str(rec.get("eventName", "ObjectCreated"))
         if "ObjectCreated" not in name and "Put" not in name and "Copy" not in name:
             continue
         s3 = rec.get("s3") or {}
-        bucket = (s3.get("bucket") or {}).get("name")
         obj = s3.get("object") or {}
-        full = urllib.parse.unquote_plus(str(obj.get("key", "")))
+        yield CreatedObject(str((s3.get("bucket") or {}).get("name", "")),
+                            urllib.parse.unquote_plus(str(obj.get("key", ""))),
+                            str(obj.get("eTag") or obj.get("etag") or "").strip('"'), obj.get("size"))
+
+
+def _json(text: Any) -> Any:
+    try:
+        return json.loads(text) if isinstance(text, str | bytes) else text
+    except ValueError:
+        return None
+
+
+def record_events(disc: Discovery, body: dict) -> int:
+    """Record the objects that S3 event notifications (see `created_objects`) created under SRC; returns how many
+    records named one (new or already known)."""
+    src = disc.src
+    rows = []
+    for created in created_objects(body):
+        bucket, full = created.bucket, created.key
         if isinstance(src, S3Store):
             if bucket != src.bucket or not full.startswith(src.prefix):
                 continue
@@ -46,8 +92,7 @@ def record_events(disc: Discovery, body: dict) -> int:
             safe_key(key)
         except StorageError:
             continue
-        etag = str(obj.get("eTag") or obj.get("etag") or "").strip('"')
-        size = obj.get("size")
+        etag, size = created.etag, created.size
         if not etag or isinstance(src, LocalStore):
             info = src.head(key)
             if info is None:

@@ -1,4 +1,4 @@
-"""HTTP server: REST `/v1` (predict, spectrogram, models, train, jobs, samples), /healthz, /metrics, page.
+"""HTTP server: REST `/v1` (predict, spectrogram, models, train, jobs, samples, search), /healthz, /metrics, page.
 
 A shell only: decoding, features and inference live in `earshot.Classifier`. `create_app` builds the shared
 objects (model store, inference pool, jobs), puts them on `app.state` for `earshot.serve.deps`, and assembles
@@ -20,8 +20,8 @@ from earshot.serve.errors import add_exception_handlers
 from earshot.serve.inference import Inference
 from earshot.serve.jobs import JobRunner, JobStore
 from earshot.serve.metrics import Metrics
-from earshot.serve.middleware import ApiKeys, BodyLimit, RequestMetrics
-from earshot.serve.routers import meta, models, pages, predict, samples, train
+from earshot.serve.middleware import Admission, ApiKeys, BodyLimit, RequestMetrics
+from earshot.serve.routers import meta, models, pages, predict, samples, search, train
 from earshot.serve.settings import Settings
 from earshot.serve.store import ModelStore
 
@@ -54,8 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs, app.state.runner = jobs, runner
     _register_gauges(metrics, inference, store, jobs)
 
-    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(Admission, inference=inference, default_model=store.default)
     app.add_middleware(ApiKeys, keys=settings.api_keys)
+    app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -69,10 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     add_exception_handlers(app)
 
-    app.include_router(predict.build_router(settings.max_top_k))
+    app.include_router(predict.build_router(settings))
     app.include_router(models.router)
     app.include_router(train.router)
     app.include_router(samples.router)
+    app.include_router(search.router)
     app.include_router(meta.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

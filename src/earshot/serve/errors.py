@@ -2,7 +2,8 @@
 
 Every error the server answers is JSON in that shape with an `x-error-type` header (which the metrics
 middleware counts). `ApiError` is raised by routes for HTTP-level refusals; `earshot.errors.EarshotError`s map
-to a status by type and reason.
+to a status by type and reason: a parameter out of its `earshot.limits` bounds is 422, work stopped at its
+deadline 504.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from earshot.errors import AudioError, DataError, EarshotError, ModelError
+from earshot.limits import Cancelled, LimitError
 
 log = logging.getLogger("earshot.serve")
 
 AUDIO_STATUS = {"empty": 400, "unsupported": 415, "needs_media_extra": 415, "too_long": 413, "not_found": 400}
 DATA_STATUS = {"too_large": 413, "unsupported": 415}
+CLIENT_CLOSED = 499  # the client went away before its answer (logged and counted, never received)
 
 
 class ApiError(Exception):
@@ -54,6 +58,10 @@ def error_response(status: int, body: dict, headers: dict | None = None) -> JSON
 
 def status_for(exc: BaseException) -> int:
     """The HTTP status of an exception: by reason for audio, model and data errors, else 400 (500 if unknown)."""
+    if isinstance(exc, LimitError):
+        return 422
+    if isinstance(exc, Cancelled):
+        return 504 if exc.reason == "deadline" else CLIENT_CLOSED
     if isinstance(exc, AudioError):
         return AUDIO_STATUS.get(exc.reason, 422)
     if isinstance(exc, ModelError):
@@ -83,6 +91,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, error_body("HTTPError", reason, str(exc.detail)), exc.headers)
 
 
+async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    return error_response(CLIENT_CLOSED, error_body("ClientDisconnect", "client_closed", "the client went away"))
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
     return error_response(500, error_body(type(exc).__name__, "internal", "internal server error"))
@@ -94,4 +106,5 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EarshotError, _earshot_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)

@@ -1,12 +1,17 @@
 """Where model calls run: a thread pool (onnxruntime releases the GIL) behind an admission limit and a deadline.
 
-At most `max_inflight + max_queue` requests hold a slot (running or queued for a worker); beyond that a request
-is turned away with 503 + Retry-After, and one not answered within `request_timeout_s` gets 504.
+At most `max_inflight + max_queue` requests hold a slot (reading their upload, queued for a worker, or running);
+beyond that a request is turned away with 503 + Retry-After before its body is read (`middleware.Admission`).
+An admitted request carries a `Ticket`: its deadline (`request_timeout_s` after admission, 504 past it) and an
+event that stops its model work between window batches (`Classifier.predict(deadline=, cancel=)`) once the
+deadline passes or the client disconnects. Its slot is free again when both the answer is sent and the work has
+stopped, so abandoned work never piles up behind the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +22,8 @@ from earshot.serve.metrics import Metrics
 from earshot.serve.settings import Settings
 
 T = TypeVar("T")
+
+TICKET = "earshot.ticket"  # scope key of an admitted request's Ticket
 
 
 class Limiter:
@@ -39,17 +46,48 @@ class Limiter:
         self.used -= 1
 
 
+class Ticket:
+    """An admitted request: its deadline (`time.monotonic()`), the event that stops its work, and its slot, held
+    until the request and the work it started have both ended (`hold` / `drop`, on the event loop)."""
+
+    __slots__ = ("deadline", "cancel", "_holders", "_release")
+
+    def __init__(self, deadline: float, release: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.cancel = threading.Event()
+        self._holders = 1
+        self._release = release
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (0 once passed)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def drop(self) -> None:
+        self._holders -= 1
+        if self._holders == 0:
+            self._release()
+
+
 class Inference:
-    """The inference pool and its admission limit; `run` is how a request gets a model call done."""
+    """The inference pool and its admission limit; `admit` hands out tickets, `run` gets a model call done."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         self.limiter = Limiter(settings.max_inflight + settings.max_queue)
         self.pool = ThreadPoolExecutor(max_workers=settings.max_inflight, thread_name_prefix="earshot-infer")
 
+    def admit(self) -> Ticket | None:
+        """A ticket for a new request, or None when every slot is taken (counted as an overload rejection)."""
+        if not self.limiter.try_acquire():
+            self.metrics.reject("overload")
+            return None
+        return Ticket(time.monotonic() + self.settings.request_timeout_s, self.limiter.release)
+
     def overloaded(self) -> ApiError:
-        """The 503 answer (counted as an overload rejection)."""
-        self.metrics.reject("overload")
+        """The 503 answer."""
         return ApiError(
             503,
             "Overloaded",
@@ -58,32 +96,44 @@ class Inference:
             {"Retry-After": str(self.settings.retry_after_s)},
         )
 
-    def check_capacity(self) -> None:
-        """Raise the 503 now if no slot is free: before reading a body, so overload answers stay cheap."""
-        if self.limiter.full():
-            raise self.overloaded()
+    def timed_out(self) -> ApiError:
+        """The 504 answer (counted as a timeout rejection)."""
+        self.metrics.reject("timeout")
+        return ApiError(
+            504, "Timeout", "timeout", f"no answer within {self.settings.request_timeout_s:g} s; try again later"
+        )
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """`fn()` on the pool inside an admission slot; 503 if none is free, 504 past the request deadline."""
-        if not self.limiter.try_acquire():
-            raise self.overloaded()
-        deadline = time.monotonic() + self.settings.request_timeout_s
+    async def run(self, fn: Callable[[Ticket], T], ticket: Ticket | None = None) -> T:
+        """`fn(ticket)` on the pool for an admitted request (`ticket`; None: admit it now, 503 if no slot is
+        free); 504 past the ticket's deadline. When the answer is given up (deadline, cancelled request) the
+        ticket's event is set, so `fn` stops at its next check."""
+        own = ticket is None
+        if ticket is None:
+            ticket = self.admit()
+            if ticket is None:
+                raise self.overloaded()
         loop = asyncio.get_running_loop()
-        fut = self.pool.submit(fn)
-        fut.add_done_callback(lambda _f: loop.is_closed() or loop.call_soon_threadsafe(self.limiter.release))
+        ticket.hold()
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), max(0.001, deadline - time.monotonic()))
+            fut = self.pool.submit(fn, ticket)
+        except RuntimeError:  # the pool is shut down
+            ticket.drop()
+            raise
+        fut.add_done_callback(lambda _f: loop.is_closed() or loop.call_soon_threadsafe(ticket.drop))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), ticket.remaining())
         except TimeoutError:
-            fut.cancel()  # frees the slot now if it had not started; else when it ends
-            self.metrics.reject("timeout")
-            raise ApiError(
-                504,
-                "Timeout",
-                "timeout",
-                f"no answer within {self.settings.request_timeout_s:g} s; try again later",
-            ) from None
+            ticket.cancel.set()
+            fut.cancel()  # frees the worker now if the call had not started; else it stops at its next check
+            raise self.timed_out() from None
+        except asyncio.CancelledError:
+            ticket.cancel.set()
+            fut.cancel()
+            raise
+        finally:
+            if own:
+                ticket.drop()
 
     def shutdown(self) -> None:
         """Stop taking work; queued calls are cancelled, running ones finish in their threads."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-

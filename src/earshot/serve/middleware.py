@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: request metrics (every request), API keys (401), body size cap while streaming (413).
+"""Pure ASGI middleware: request metrics (every request), body size cap (413) and early answers that every
+client reads, API keys (401), admission and deadlines of the inference routes (503, 504).
 
-Installed outermost first: `RequestMetrics` sees the answers of the other two, `ApiKeys` refuses before any
-body is read, `BodyLimit` refuses a declared or streamed body past the route's cap.
+Installed outermost first: `RequestMetrics` sees every answer; `BodyLimit` refuses a declared or streamed body
+past the route's cap and drains the unread body behind any early answer; `ApiKeys` refuses before any body is
+read; `Admission` takes an inference slot (or answers 503) before routing, then holds the request to its deadline.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import hmac
 import time
 from contextlib import suppress
 from typing import Any
+from urllib.parse import parse_qs
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from earshot.serve.errors import error_body, error_response
+from earshot.prediction import Prediction
+from earshot.serve.errors import ApiError, error_body, error_response
+from earshot.serve.inference import TICKET, Inference, Ticket
 from earshot.serve.metrics import Metrics
 from earshot.serve.settings import MB, Settings
+from earshot.serve.uploads import upload_title
 
 try:
     from fastapi.routing import iter_route_contexts
@@ -26,7 +33,9 @@ except ImportError:  # FastAPI < 0.137.2, where `app.routes` is a flat list
         return iter(routes)
 
 
-DRAIN_LIMIT = 64 * MB  # a refused body up to this size is read and dropped before the 413 (never stored)
+INFERENCE_PATHS = ("/v1/predict", "/v1/spectrogram", "/v1/search")
+KEEP_ALIVE_DRAIN = MB  # an early answer keeps the connection open when at most this much body was left unread
+DEADLINE_GRACE_S = 0.25  # the route answers its own 504 at the deadline; this one covers uploads and stalls
 
 
 class RequestMetrics:
@@ -102,7 +111,17 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """413 for a body over the route's cap: refused on its Content-Length, or cut off while it streams in."""
+    """413 for a body over the route's cap (refused on its Content-Length, or cut off while it streams in), and
+    every answer given before its request's body was read (413, 503, 401, 404, 422...) delivered to every client.
+
+    Many clients (urllib, http.client, requests) send the whole body before they read a byte, and a socket closed
+    on unread data resets the connection. So an early answer on a connection that is to close (the client asked
+    for it, or the unread rest may be large: over `KEEP_ALIVE_DRAIN` or of unknown length) is sent at once and
+    completed only after the rest of the body has been read and dropped (never stored; for at most
+    `drain_timeout_s`). On a connection that stays open with a small unread rest, the answer completes at once and
+    the HTTP server drops the rest as it comes. A client waiting for `100 Continue` is never invited to send: its
+    answer closes the connection.
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app, self.settings = app, settings
@@ -111,7 +130,7 @@ class BodyLimit:
         """Bytes a request body to `path` may have."""
         if path.startswith("/v1/train"):
             return self.settings.max_train_upload_bytes
-        if path.startswith(("/v1/predict", "/v1/spectrogram")):
+        if path.startswith(INFERENCE_PATHS):
             return self.settings.max_upload_bytes
         return MB
 
@@ -121,27 +140,42 @@ class BodyLimit:
         cap = self.cap(scope["path"])
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
-        too_big = error_body("UploadError", "too_large", f"request body over the {cap / MB:g} MB limit")
-        if length is not None and length.isdigit() and int(length) > cap:
-            if headers.get(b"expect", b"").lower() != b"100-continue" and int(length) <= DRAIN_LIMIT:
-                await drain(receive)
-            return await error_response(413, too_big, {"connection": "close"})(scope, receive, send)
+        declared = int(length) if length is not None and length.isdigit() else None
+        expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+        closing = b"close" in headers.get(b"connection", b"").lower() or scope.get("http_version") == "1.0"
+        if declared is not None and declared > cap:
+            return await self.refuse(receive, send, cap, drain=not expects_continue)
+        pending = bool(declared) or b"transfer-encoding" in headers  # some of the body is still unread
+        asked = False  # the app asked for the body (a client waiting for 100 Continue was invited to send it)
+        linger = False  # the answer's last message waits until the unread body is drained
         seen = 0
         started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, pending, asked
+            asked = True
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                pending = bool(message.get("more_body"))
                 if seen > cap:
                     raise BodyTooLarge()
+            else:
+                pending = False
             return message
 
         async def watched_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, linger
             if message["type"] == "http.response.start":
                 started = True
+                small_rest = declared is not None and declared - seen <= KEEP_ALIVE_DRAIN
+                if pending and not (small_rest and not closing and (asked or not expects_continue)):
+                    linger = asked or not expects_continue
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            elif message["type"] == "http.response.body" and linger and pending and not message.get("more_body"):
+                await send({**message, "more_body": True})
+                await self.drain(receive)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
         try:
@@ -149,23 +183,140 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await drain(receive)
-            await error_response(413, too_big, {"connection": "close"})(scope, receive, send)
+            await self.refuse(receive, send, cap, drain=True)
+
+    async def refuse(self, receive: Receive, send: Send, cap: int, drain: bool) -> None:
+        """The 413 answer, completed once the rest of the body is drained (`drain`); the connection closes."""
+        too_big = error_body("UploadError", "too_large", f"request body over the {cap / MB:g} MB limit")
+        resp = error_response(413, too_big, {"connection": "close"})
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": resp.raw_headers})
+        if drain:
+            await send({"type": "http.response.body", "body": resp.body, "more_body": True})
+            await self.drain(receive)
+        await send({"type": "http.response.body", "body": b"" if drain else resp.body, "more_body": False})
+
+    async def drain(self, receive: Receive) -> int:
+        """Read and drop the rest of a request body, for at most `drain_timeout_s`; returns the bytes dropped."""
+        dropped = 0
+        with suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.drain_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    dropped += len(message.get("body", b""))
+                    if not message.get("more_body"):
+                        break
+        return dropped
 
 
-async def drain(receive: Receive, limit: int = DRAIN_LIMIT, seconds: float = 10.0) -> None:
-    """Read and drop the rest of a refused body (bounded), so the client gets the 413 rather than a reset."""
-    left = limit
+class Admission:
+    """Admission and deadline of the inference routes (`POST /v1/predict`, `/v1/spectrogram`), decided from the
+    request line alone, before routing and before any body is read.
 
-    async def run() -> None:
-        nonlocal left
-        while left > 0:
+    With every slot taken the answer is 503 + Retry-After at once. An admitted request carries a `Ticket`
+    (`scope[TICKET]`) whose deadline covers its upload, queue wait and model work: past it the request is
+    answered 504 and its model work stopped at its next window batch. The work stops as well when the client
+    disconnects. The slot is free again once the answer is given and the work has stopped.
+    """
+
+    def __init__(self, app: ASGIApp, inference: Inference, default_model: str) -> None:
+        self.app, self.inference, self.default_model = app, inference, default_model
+        self._shapes: dict[tuple[str, str], dict] = {}  # failure body by error, rendered once
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) not in INFERENCE_PATHS:
+            return await self.app(scope, receive, send)
+        ticket = self.inference.admit()
+        if ticket is None:
+            return await self.failure(scope, self.inference.overloaded())(scope, receive, send)
+        scope[TICKET] = ticket
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                ticket.cancel.set()
+                ticket.drop()
+
+        async def releasing_send(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                release()  # the answer is complete: the slot is free while a refused body is drained
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, releasing_send, ticket)
+        finally:
+            release()
+
+    def failure(self, scope: Scope, err: ApiError) -> Response:
+        """`err` as a Prediction-shaped failure, titled and named from the request line as the route would."""
+        query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
+        name = (query.get("title") or [None])[0] or dict(scope["headers"]).get(b"x-filename", b"").decode("latin-1")
+        model = (query.get("model") or [None])[0] or self.default_model
+        shape = self._shapes.get((err.type, err.message))
+        if shape is None:
+            shape = self._shapes[(err.type, err.message)] = Prediction(title="", error=err.to_dict()).to_dict()
+        return error_response(err.status, {**shape, "title": upload_title(name), "model": model}, err.headers)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, ticket: Ticket) -> None:
+        """Run the app in this task; past the deadline (no answer started) or once the client is gone, cancel it
+        here, as `asyncio.timeout` does, and answer 504 for the deadline."""
+        task = asyncio.current_task()
+        assert task is not None
+        started = completed = False
+        stopped: str | None = None  # "deadline" or "gone" once this middleware cancelled the app
+        watcher: asyncio.Future | None = None
+
+        def stop(why: str) -> None:
+            nonlocal stopped
+            if stopped is None and not started:  # an answer on its way is let through
+                stopped = why
+                ticket.cancel.set()
+                task.cancel()
+
+        def client_gone(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None or completed:
+                return
+            if f.result()["type"] == "http.disconnect":
+                stop("gone")
+
+        async def app_receive() -> Message:
+            nonlocal watcher
             message = await receive()
-            if message["type"] != "http.request":
-                return
-            left -= len(message.get("body", b""))
-            if not message.get("more_body"):
-                return
+            if message["type"] == "http.disconnect":
+                ticket.cancel.set()
+            elif not message.get("more_body") and watcher is None:  # body read: from now on, watch the client
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(client_gone)
+            return message
 
-    with suppress(TimeoutError):
-        await asyncio.wait_for(run(), seconds)
+        async def app_send(message: Message) -> None:
+            nonlocal started, completed
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                completed = True
+            await send(message)
+
+        timer = asyncio.get_running_loop().call_later(ticket.remaining() + DEADLINE_GRACE_S, stop, "deadline")
+        try:
+            await self.app(scope, app_receive, app_send)
+        except asyncio.CancelledError:
+            if stopped is None or task.uncancel() > 0:  # cancelled from outside (shutdown): let it through
+                raise
+        else:
+            if stopped is not None:  # the app swallowed the cancellation
+                task.uncancel()
+        finally:
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
+        if stopped == "deadline" and not started:
+            await self.failure(scope, self.inference.timed_out())(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    path, root = scope["path"], scope.get("root_path") or ""
+    return path[len(root) :] if root and path.startswith(root) else path

@@ -63,6 +63,9 @@ class Prediction(BaseModel):
     segments: list[Segment] | None = Field(None, description="per-window top labels; only with `timeline=true`")
     events: list[Event] | None = Field(None, description="merged label events; only with `timeline=true`")
     error: ErrorInfo | None
+    links: list[str | None] | None = Field(None, description="per label: citation or search URL; only when asked for")
+    descriptions: list[str | None] | None = Field(None, description="per label: ontology description; when asked for")
+    parents: list[list[str]] | None = Field(None, description="per label: classes above it; only when asked for")
     spectrogram: str | None = Field(
         None, description="the model's log-mel as a PNG data URL; only with `spectrogram=true`"
     )
@@ -166,6 +169,43 @@ class Health(BaseModel):
     models_loaded: list[str]
     inference_slots_used: int
     inference_slots: int
+
+
+class SearchHit(BaseModel):
+    """An indexed recording like the query: its id, similarity and best-matching window."""
+
+    id: str = Field(description="the file's key under the indexed folder or prefix")
+    score: float = Field(description="cosine similarity of the clips (1 = the same clip)")
+    start: float = Field(description="start of the file's best-matching window, seconds")
+    end: float
+    url: str | None = Field(None, description="where to play the file, when it lies in the samples folder")
+
+
+class SearchResults(BaseModel):
+    """The hits of `/v1/search`, best first, and the index and model that gave them."""
+
+    results: list[SearchHit]
+    model: str
+    index: str
+
+
+class IndexSummary(BaseModel):
+    """A search index; model and counts once it has been loaded."""
+
+    name: str
+    model: str | None = None
+    window: float | None = None
+    hop: float | None = None
+    files: int | None = None
+    windows: int | None = None
+    updated: str | None = None
+
+
+class IndexList(BaseModel):
+    """The search indexes of this server (`EARSHOT_INDEX`) and the default one."""
+
+    default: str | None
+    indexes: list[IndexSummary]
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

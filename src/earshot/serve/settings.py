@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,7 @@ class Settings:
     models_dir: Path | None = None  # bundles listed and trained here ($EARSHOT_HOME/models)
     state_dir: Path | None = None  # job database and uploaded data sets ($EARSHOT_HOME/serve)
     samples_dir: Path | None = None  # gallery of example clips for the web page (EARSHOT_SAMPLES)
+    index: str | None = None  # search index, a folder of them, or an s3:// index for /v1/search (EARSHOT_INDEX)
     api_keys: list[str] = field(default_factory=list)  # empty: no authentication
     cors_origins: list[str] = field(default_factory=list)
     max_upload_mb: float = 50.0  # /v1/predict and /v1/spectrogram bodies
@@ -33,7 +35,9 @@ class Settings:
     max_inflight: int = 0  # requests running inference at once; 0 = workers
     max_queue: int = -1  # admitted requests waiting for a worker; -1 = 4 x max_inflight
     ort_threads: int = 0  # onnxruntime intra-op threads per model; 0 = cores // max_inflight (at least 1)
-    request_timeout_s: float = 30.0  # 504 past this (queue wait + decode + inference)
+    request_timeout_s: float = 30.0  # 504 past this, counted from admission (upload + queue + decode + inference)
+    max_audio_s: float = 3600.0  # audio seconds one request may hold (413 past it); 0 = no bound
+    drain_timeout_s: float = 30.0  # how long the unread rest of a refused body is read and dropped
     retry_after_s: int = 1
     train_roots: list[Path] = field(default_factory=list)  # server-side folders /v1/train may read
     train_workers: int = 1
@@ -51,6 +55,7 @@ class Settings:
         self.max_inflight = self.max_inflight if self.max_inflight > 0 else self.workers
         self.max_queue = self.max_queue if self.max_queue >= 0 else 4 * self.max_inflight
         self.ort_threads = self.ort_threads if self.ort_threads > 0 else max(1, cores // self.max_inflight)
+        self.max_audio_s = self.max_audio_s if self.max_audio_s > 0 else math.inf
 
     @property
     def max_upload_bytes(self) -> int:

@@ -23,6 +23,12 @@ def sniff_audio(head: bytes) -> str | None:
     return _UPLOAD_KINDS.get(formats.sniff(head) or "")
 
 
+def upload_title(name: str | None, fallback: str = "upload") -> str:
+    """The name to report for an upload: the base name of `name` (either slash), at most 255 characters."""
+    parts = [p for p in (name or fallback).replace("\\", "/").split("/") if p and p != "."]
+    return parts[-1][:255] if parts else fallback
+
+
 def check_audio(data: bytes, title: str) -> str:
     """Raise AudioError (empty / unsupported) unless `data` starts like a known audio container."""
     if not data:

@@ -12,6 +12,7 @@ import torch
 
 from earshot.bundle import CARD_FILE, write_json_atomic
 from earshot.classifier import Classifier
+from earshot.training.additions import added_summary, keyword_fields
 from earshot.training.evaluation import metrics_for, plot_confusion, score_items
 from earshot.training.export import export_bundle
 from earshot.training.loop import Log, training_device
@@ -30,7 +31,8 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
     labels = manifest.labels
     sources = {"transfer": f"transfer learning on {backbone} (EfficientAT, MIT) features",
                "cnn": "CompactCNN trained from scratch by earshot"}
-    data_summary = manifest.summary()
+    added = result.added
+    data_summary = added_summary(manifest, added)
     data_summary["skipped_files"] = manifest.skipped[:1000]
     data_summary["n_train"], data_summary["n_validation"] = int(len(tr)), int(len(va))
     groups = {side: sorted({manifest.items[int(i)].group for i in idx} - {None})
@@ -48,6 +50,7 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
         "multi_label": False,
         "thresholds": None,
         "metrics": {},
+        **keyword_fields(added),
         "training": {
             "family": chosen.family,
             "why": result.why,

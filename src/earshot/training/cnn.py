@@ -17,6 +17,7 @@ from earshot.errors import AudioError
 from earshot.frontend import SILENCE_LOGMEL, EfficientATMel
 from earshot.models.cnn import CNN_FRONTEND, CompactCNN
 from earshot.models.tagger import WaveformTagger
+from earshot.training import distributed
 from earshot.training.augment import MelAugment
 from earshot.training.loop import BestEpoch, Log, Trained, seed_all, skip_unreadable, training_device, unreadable_reason
 from earshot.training.manifest import Manifest
@@ -139,6 +140,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
     dev = training_device()
     # channels-last convolutions train about 30 % faster on CPU (oneDNN); the exported graph is unaffected
     net = CompactCNN(len(labels), n_mels=CNN_FRONTEND["n_mels"]).to(dev, memory_format=torch.channels_last)
+    model = distributed.wrap(net)  # several processes: each one's share of every batch, gradients averaged
     n_epochs = epochs or 30
     bs = 64
     steps = n_epochs * math.ceil(len(tr) / bs)
@@ -150,7 +152,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
     for epoch in range(1, n_epochs + 1):
         net.train()
         perm = torch.randperm(len(tr), generator=gen)
-        total, t_ep = 0.0, time.time()
+        total, seen, t_ep = 0.0, 0, time.time()
         for s in range(0, len(tr), bs):
             ids = perm[s : s + bs]
             xb, yb = train_batch(ids).to(dev, memory_format=torch.channels_last), y_tr[ids].to(dev)
@@ -161,13 +163,17 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
                 j = torch.randperm(len(xb), generator=gen).to(dev)
                 xb = lam * xb + (1 - lam) * xb[j]
                 target = lam * target + (1 - lam) * target[j]
-            logits, _ = net(xb)
-            loss = torch.sum(-target * torch.log_softmax(logits, 1), dim=1).mean()
+            mine = distributed.part(len(xb))  # every rank built the same batch
+            logits, _ = model(xb[mine])
+            loss = torch.sum(-target[mine] * torch.log_softmax(logits, 1), dim=1).mean()
             opt.zero_grad()
-            loss.backward()
+            (loss * distributed.weight(len(logits), len(xb))).backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(ids)
+            total += float(loss.detach()) * len(logits)
+            seen += len(logits)
+        total *= len(tr) / max(1, seen)  # the mean over this process's share, as a sum over the epoch
+        distributed.sync_buffers(net)  # validate rank 0's BatchNorm statistics everywhere
         net.eval()
         with torch.no_grad():
             out = torch.cat([net(val_x[s : s + 256].to(dev))[0] for s in range(0, len(val_x), 256)]).cpu()
@@ -178,7 +184,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
             f"({time.time() - t_ep:.1f}s)", stage="epoch", family="cnn", epoch=epoch, loss=total / len(tr),
             val_acc=vacc)
         best.update(net, vacc, vloss)
-        if best.done:
+        if distributed.agree(best.done):
             break
     net.load_state_dict(best.state)
     net = net.cpu().to(memory_format=torch.contiguous_format)
@@ -190,4 +196,6 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
                          "(p .5), time shift/crop, SpecAugment 2F×8 2T×10%, "
                          "mixup Beta(.4,.4) on half of the batches",
               "early_stopping": f"validation accuracy, then loss; patience {patience}"}
+    if (ddp := distributed.describe()) is not None:
+        config["distributed"] = ddp
     return Trained("cnn", model, sr, window, window, best.accuracy, history, config)

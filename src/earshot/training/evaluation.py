@@ -65,13 +65,43 @@ def average_precision(y: np.ndarray, s: np.ndarray) -> float | None:
     return float((precision_at * hits).sum() / pos)
 
 
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float | None:
+    """Area under the ROC curve of scores `s` for binary targets `y` (tied scores count half); None unless
+    both classes occur. The Mann-Whitney statistic over average ranks."""
+    y = np.asarray(y).astype(bool)
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if pos == 0 or neg == 0:
+        return None
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based average rank of each score
+    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def d_prime(auc: float | None) -> float | None:
+    """Sensitivity index of an AUC: d' = sqrt(2) * inverse normal CDF(AUC)."""
+    from statistics import NormalDist
+
+    if auc is None:
+        return None
+    return float(np.sqrt(2.0) * NormalDist().inv_cdf(min(max(auc, 1e-9), 1 - 1e-9)))
+
+
 def multilabel_metrics_for(y_true: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """Multi-label metrics: mAP over classes with positives, per_class_ap, n. `y_true` is [n, classes] 0/1."""
+    """Multi-label metrics: mAP over classes with positives, `auc` (mean per-class ROC AUC over classes with
+    positives and negatives), `d_prime` (of that mean AUC), per_class_ap, per_class_auc, n. `y_true` is
+    [n, classes] 0/1."""
     aps = {lab: average_precision(y_true[:, i], scores[:, i]) for i, lab in enumerate(labels)}
+    aucs = {lab: roc_auc(y_true[:, i], scores[:, i]) for i, lab in enumerate(labels)}
     valid = [v for v in aps.values() if v is not None]
+    valid_auc = [v for v in aucs.values() if v is not None]
+    auc = float(np.mean(valid_auc)) if valid_auc else None
+    dp = d_prime(auc)
     return {
         "mAP": round(float(np.mean(valid)), 6) if valid else None,
+        "auc": round(auc, 6) if auc is not None else None,
+        "d_prime": round(dp, 6) if dp is not None else None,
         "per_class_ap": {k: (round(v, 6) if v is not None else None) for k, v in aps.items()},
+        "per_class_auc": {k: (round(v, 6) if v is not None else None) for k, v in aucs.items()},
         "labels": list(labels),
         "n": int(len(y_true)),
     }
@@ -149,10 +179,19 @@ def evaluate(
     error. Unreadable files are skipped and listed under `skipped`.
     """
     from earshot.classifier import Classifier
+    from earshot.packed import is_packed_path
 
+    if is_packed_path(data):
+        from earshot.head import evaluate_packed
+
+        return evaluate_packed(bundle, data, split=split, val_split=val_split, seed=seed)
     clf = Classifier.load(bundle)
     manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters,
                              min_classes=1)
+    if clf.card.get("keywords") and "_unknown_" in clf.labels:  # a keyword model: other words are _unknown_
+        for it in manifest.items:
+            if it.label not in clf.card["keywords"]:
+                it.label = "_unknown_"
     unknown = sorted(set(manifest.labels) - set(clf.labels))
     if unknown:
         raise DataError(f"label(s) {unknown[:10]} are not among the model's labels {clf.labels[:10]}...",
@@ -180,7 +219,8 @@ def evaluate(
     y_true = np.array([index[items[i].label] for i in kept], dtype=np.int64)
     if clf.multi_label:
         onehot = np.zeros_like(scores)
-        onehot[np.arange(len(y_true)), y_true] = 1
+        for r, i in enumerate(kept):  # every label of a multi-label clip
+            onehot[r, [index[lab] for lab in items[i].labels]] = 1
         metrics = multilabel_metrics_for(onehot, scores, clf.labels)
     else:
         metrics = metrics_for(y_true, scores.argmax(1) if len(scores) else y_true, clf.labels)

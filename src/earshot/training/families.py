@@ -33,6 +33,7 @@ import torch
 
 from earshot import audio, clips
 from earshot.errors import AudioError, DataError
+from earshot.training import additions
 from earshot.training.card import write_bundle
 from earshot.training.cnn import Waves, train_cnn
 from earshot.training.evaluation import metrics_for
@@ -40,7 +41,6 @@ from earshot.training.features import transfer_features
 from earshot.training.loading import load_manifest
 from earshot.training.loop import Log, Progress, Trained, skip_unreadable, torch_settings
 from earshot.training.manifest import Manifest
-from earshot.training.splits import cv_folds, split
 from earshot.training.transfer import train_transfer
 
 FAMILIES = ("auto", "transfer", "cnn")
@@ -61,6 +61,7 @@ class Fit:
     why: str
     cv: dict[str, Any] | None
     options: dict[str, Any]
+    added: additions.Additions | None = None
 
 
 def fit(
@@ -79,6 +80,10 @@ def fit(
     finetune: bool = False,
     quiet: bool = False,
     progress: Progress | None = None,
+    synthesize: bool = False,
+    words: str | Sequence[str] | dict[str, str] | None = None,
+    background: bool | None = None,
+    synth_per_label: int | None = None,
 ) -> Fit:
     """Everything `train` does short of exporting: manifest, features, split (or CV), candidates, choice."""
     if model not in FAMILIES:
@@ -87,15 +92,17 @@ def fit(
     with torch_settings():
         return _fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
                     filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
-                    finetune=finetune, log=log)
+                    finetune=finetune, log=log, adding={"synthesize": synthesize, "words": words,
+                                                        "background": background, "per_label": synth_per_label})
 
 
 def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | None, val_split: float | None,
          cv: int | None, filters: Sequence[str], label_regex: str | None, group_regex: str | None,
-         epochs: int | None, seed: int, finetune: bool, log: Log) -> Fit:
+         epochs: int | None, seed: int, finetune: bool, log: Log, adding: dict[str, Any]) -> Fit:
     manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters)
     log(f"{manifest.layout} layout: {len(manifest)} clips, {len(manifest.labels)} classes"
         + (f", {len(manifest.skipped)} skipped" if manifest.skipped else ""), stage="manifest")
+    added = additions.add(manifest, seed=seed, log=log, **adding)
     waves = Waves()
     feats = None
     if model in ("auto", "transfer"):
@@ -106,16 +113,16 @@ def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | N
     if len(manifest.labels) < 2:
         raise DataError("fewer than 2 classes left after skipping unreadable files", reason="one_class")
     options = {"model": model, "val_fold": val_fold, "val_split": val_split, "cv": cv, "seed": seed,
-               "max_epochs": epochs, "finetune": finetune}
+               "max_epochs": epochs, "finetune": finetune, "synthesize": bool(adding["synthesize"])}
     common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
               "log": log, "waves": waves}
     if not cv:
-        tr, va = split(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
+        tr, va = additions.split_real(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
         log(f"split: {len(tr)} train, {len(va)} validation", stage="split")
         candidates, chosen, why = _fit_one(manifest, tr, va, family=model, **common)
-        return Fit(chosen, candidates, manifest, tr, va, why, None, options)
+        return Fit(chosen, candidates, manifest, tr, va, why, None, options, added)
 
-    folds = cv_folds(manifest, k=cv, seed=seed)
+    folds = additions.cv_real(manifest, k=cv, seed=seed)
     runs = []
     family, first_why = model, ""
     for f, (tr, va) in enumerate(folds, 1):
@@ -138,7 +145,7 @@ def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | N
     }
     log(f"cv: accuracy {accs.mean():.4f} ± {accs.std():.4f}, macro-F1 {f1s.mean():.4f} ± {f1s.std():.4f}",
         stage="cv_done", accuracy_mean=summary["accuracy_mean"], accuracy_std=summary["accuracy_std"])
-    return Fit(chosen, [chosen], manifest, tr, va, why, summary, options)
+    return Fit(chosen, [chosen], manifest, tr, va, why, summary, options, added)
 
 
 def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str, feats: np.ndarray | None,
@@ -216,7 +223,23 @@ def train(
     `backbone`, `filters`, `label_regex`, `group_regex`, `seed`, `finetune`. Progress: one line per step on
     stderr unless `quiet`; `progress(event_dict)` gets the same events. `name`: the card's name (default: out's
     folder name). Returns the bundle directory.
+
+    Embedding files (.h5/.npz), multi-label data (a CSV ``labels`` column) and `pooling` go to
+    `earshot.training.multilabel.train_multilabel`. `data` and `out` may be s3:// (`endpoint_url`).
     """
+    from earshot.pipeline.remote import is_remote, local_input, local_output
+    from earshot.training.multilabel import routes_here, train_multilabel
+
+    endpoint_url = options.pop("endpoint_url", None)
+    if routes_here(data, options):
+        return train_multilabel(data, out, quiet=quiet, progress=progress, name=name, endpoint_url=endpoint_url,
+                                **options)
+    if is_remote(data) or is_remote(out):
+        with local_input(data, endpoint_url) as local, local_output(out, endpoint_url) as target:
+            train(local, target, quiet=quiet, progress=progress, name=name or Path(str(out).rstrip("/")).name,
+                  **options)
+        return out  # type: ignore[return-value]
+    options = {k: v for k, v in options.items() if k not in ("pooling", "window", "hop")}
     t_start = time.time()
     result = fit(data, quiet=quiet, progress=progress, **options)
     log = Log(quiet, progress)

@@ -25,6 +25,7 @@ from earshot.models import spec
 from earshot.models.heads import CropPooledFeatures
 from earshot.models.tagger import WaveformTagger
 from earshot.models.weights import earshot_home, fetch
+from earshot.training import distributed
 from earshot.training.export import export_bundle
 from earshot.training.loop import Log, unreadable_reason
 from earshot.training.manifest import Manifest
@@ -65,8 +66,14 @@ def transfer_features(manifest: Manifest, backbone: str = "mn04-as",
 
     Row layout: FEATURE_LAYOUT + the clip duration (s), computed under the serving clip-length policy
     (`earshot.clips`, through `Classifier.embed_waveform`). Returns (features, [(index, reason)] of unreadable
-    items).
+    items). Training with several processes, rank 0 fills the cache and the others then read it.
     """
+    with distributed.primary_first():
+        return _transfer_features(manifest, backbone, log)
+
+
+def _transfer_features(manifest: Manifest, backbone: str,
+                       log: Log | None) -> tuple[np.ndarray, list[tuple[int, str]]]:
     log = log or Log(True, None)
     cache = embeddings_dir(backbone)
     cache.mkdir(parents=True, exist_ok=True)

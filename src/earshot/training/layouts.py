@@ -20,6 +20,8 @@ from earshot.training.manifest import SPLIT_NAMES, Item, canonical_split
 
 PATH_COLUMNS = ("path", "filename", "filepath", "file_path", "file", "fname", "audio_filepath", "audio_path")
 LABEL_COLUMNS = ("label", "category", "class")
+MULTI_LABEL_COLUMNS = ("labels",)  # ";"-separated labels: a multi-label manifest
+LABEL_SEPARATOR = ";"
 FOLD_COLUMNS = ("fold", "split")
 GROUP_COLUMNS = ("group",)
 IGNORED_FOLDERS = frozenset({"_background_noise_"})
@@ -171,11 +173,12 @@ def _table_manifest(rows: list[dict[str, Any]], path: Path) -> tuple[list[Item],
         raise DataError("manifest has no rows", source=str(path), reason="empty")
     columns = {c: c for c in rows[0]}
     path_col = pick_column(columns, PATH_COLUMNS)
-    label_col = pick_column(columns, LABEL_COLUMNS)
+    multi_col = pick_column(columns, MULTI_LABEL_COLUMNS)
+    label_col = multi_col or pick_column(columns, LABEL_COLUMNS)
     if path_col is None or label_col is None:
         raise DataError(
             f"manifest needs a path column ({'/'.join(PATH_COLUMNS[:2])}) and a label column "
-            f"({'/'.join(LABEL_COLUMNS[:2])}); it has {list(columns)}",
+            f"({'/'.join(LABEL_COLUMNS[:2])}, or labels for ';'-separated labels); it has {list(columns)}",
             source=str(path),
             reason="bad_manifest",
         )
@@ -191,16 +194,29 @@ def _table_manifest(rows: list[dict[str, Any]], path: Path) -> tuple[list[Item],
         fold = fold_text(r.get(fold_col)) if fold_col else None
         if kind == "split" and fold is not None:
             fold = canonical_split(fold)
+        labels = split_labels(r.get(label_col)) if multi_col else ()
         records.append(
             Item(
                 path=_resolve(base, raw),
-                label=cell_text(r.get(label_col)) or "",
+                label=labels[0] if labels else cell_text(r.get(label_col)) or "",
                 fold=fold,
                 group=cell_text(r.get(group_col)) if group_col else None,
                 extra=dict(r),
+                labels=labels,
             )
         )
     return records, kind
+
+
+def split_labels(cell: Any) -> tuple[str, ...]:
+    """The distinct labels of a ``labels`` cell (``"dog; rain"``, or a JSON-lines list), in order."""
+    parts = cell if isinstance(cell, list | tuple) else (cell_text(cell) or "").split(LABEL_SEPARATOR)
+    return tuple(dict.fromkeys(t for t in (cell_text(p) for p in parts) if t))
+
+
+def is_multi_label_table(records: Sequence[Item]) -> bool:
+    """Whether table records came from a manifest with a ``labels`` column."""
+    return bool(records) and pick_column({str(c): c for c in records[0].extra}, MULTI_LABEL_COLUMNS) is not None
 
 
 def _resolve(base: Path, raw: str) -> Path:

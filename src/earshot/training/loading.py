@@ -14,7 +14,8 @@
   is ignored.
 - ``csv``: a .csv/.tsv file (or a folder whose top holds exactly one csv with a path column):
   ``path``/``filename`` + ``label``/``category`` [+ ``fold``/``split``, ``group``]. Relative paths resolve
-  against the CSV's folder, then ``audio/`` under it.
+  against the CSV's folder, then ``audio/`` under it. A ``labels`` column (``dog;rain``) makes a multi-label
+  manifest (`Item.labels`, `Manifest.multi_label`).
 - ``jsonl``: a .jsonl file, one object per line, same keys as ``csv`` (also NeMo's ``audio_filepath``).
 - ``split_folders``: ``train/``, ``validation/`` (``val``, ``valid``, ``dev``), ``test/``, each of class
   folders.
@@ -115,7 +116,9 @@ def load_manifest(
         layout=layout,
         root=meta.get("root", root),
         fold_kind=meta.get("fold_kind"),
-        options={"filters": list(filters), "label_regex": label_regex, "group_regex": group_regex},
+        options={"filters": list(filters), "label_regex": label_regex, "group_regex": group_regex,
+                 "multi_label": layout in ("csv", "jsonl") and label_re is None
+                 and layouts.is_multi_label_table(items)},
     )
     if manifest.fold_kind == "split":
         present = set(manifest.folds)
@@ -246,6 +249,8 @@ def _apply_filters(records: list[Item], filters: Sequence[str], source: str) -> 
     def values_of(rec: Item, col: str) -> set[str]:
         # label/fold/group match the item's value or the raw metadata column (e.g. a ClassLabel int)
         raw = [rec.extra.get(col), getattr(rec, col, None) if col in ("label", "fold", "group") else None]
+        if col == "label":
+            raw += list(rec.labels)
         return {str(v).strip().lower() for v in raw if v is not None} or {""}
 
     return [

@@ -23,7 +23,12 @@ SPLIT_NAMES = frozenset({"train", "training", *VALIDATION_NAMES, *TEST_NAMES})
 
 @dataclass
 class Item:
-    """One labelled clip: a file on disk, or in-memory encoded audio (`data`) for Hugging Face datasets."""
+    """One labelled clip: a file on disk, or in-memory encoded audio (`data`) for Hugging Face datasets.
+
+    `labels` holds every label of a multi-label clip (a CSV ``labels`` column of ``;``-separated labels);
+    `label` is then the first of them. For a single-label clip `labels` is ``(label,)``. Setting `label` again
+    (``--label-regex``, keyword models) makes the clip single-label: ``labels == (label,)``.
+    """
 
     path: Path
     label: str
@@ -31,6 +36,18 @@ class Item:
     group: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     data: bytes | None = None
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.labels and self.label:
+            self.labels = (self.label,)
+        elif self.labels and not self.label:
+            self.label = self.labels[0]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "label":
+            object.__setattr__(self, "labels", (value,) if value else ())
 
     @property
     def source(self) -> Path | bytes:
@@ -72,8 +89,25 @@ class Manifest:
 
     @property
     def labels(self) -> list[str]:
-        """Sorted distinct labels: the class order of a model trained on this manifest."""
-        return sorted({it.label for it in self.items})
+        """Sorted distinct labels (of every clip's `labels`): the class order of a model trained on this manifest."""
+        return sorted({lab for it in self.items for lab in it.labels})
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether clips carry several labels: the layout says so (a CSV ``labels`` column) or a clip has two."""
+        return bool(self.options.get("multi_label")) or any(len(it.labels) > 1 for it in self.items)
+
+    def multi_hot(self, labels: Sequence[str] | None = None) -> np.ndarray:
+        """[n, classes] bool: each item's labels, in `labels` order (default: `self.labels`)."""
+        order = list(labels if labels is not None else self.labels)
+        index = {lab: i for i, lab in enumerate(order)}
+        y = np.zeros((len(self.items), len(order)), dtype=bool)
+        for r, it in enumerate(self.items):
+            for lab in it.labels:
+                if lab not in index:
+                    raise DataError(f"label {lab!r} is not one of the model's labels", reason="unknown_label")
+                y[r, index[lab]] = True
+        return y
 
     @property
     def folds(self) -> list[str]:
@@ -95,7 +129,7 @@ class Manifest:
         return [f"g:{it.group}" if it.group is not None else f"i:{i}" for i, it in enumerate(self.items)]
 
     def class_counts(self) -> dict[str, int]:
-        counts = Counter(it.label for it in self.items)
+        counts = Counter(lab for it in self.items for lab in it.labels)
         return {lab: counts[lab] for lab in sorted(counts)}
 
     def skip(self, item: Item | int, reason: str) -> None:

@@ -16,6 +16,7 @@ from earshot.frontend import EfficientATMel
 from earshot.models import spec
 from earshot.models.heads import EmbeddingHead
 from earshot.models.tagger import WaveformTagger
+from earshot.training import distributed
 from earshot.training.features import FEATURE_LAYOUT, feature_network
 from earshot.training.loop import BestEpoch, Log, Trained, seed_all, training_device
 from earshot.training.manifest import Manifest
@@ -31,6 +32,7 @@ def _fit_head(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.nda
     xv, yv = torch.as_tensor(x_va, device=dev), torch.as_tensor(y_va, device=dev)
     head = EmbeddingHead(xt.shape[1], n_classes, hidden=hidden, dropout=dropout, mean=xt.mean(0),
                          std=xt.std(0)).to(dev)
+    model = distributed.wrap(head)  # several processes: each one's share of every batch, gradients averaged
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -39,14 +41,17 @@ def _fit_head(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.nda
     for epoch in range(1, epochs + 1):
         head.train()
         perm = torch.randperm(len(xt), generator=gen).to(dev)
-        total = 0.0
+        total, seen = 0.0, 0
         for s in range(0, len(xt), bs):
             idx = perm[s : s + bs]
-            loss = loss_fn(head(xt[idx]), yt[idx])
+            mine = idx[distributed.part(len(idx))]
+            loss = loss_fn(model(xt[mine]), yt[mine])
             opt.zero_grad()
-            loss.backward()
+            (loss * distributed.weight(len(mine), len(idx))).backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(mine)
+            seen += len(mine)
+        total *= len(xt) / seen  # the mean over this process's share, as a sum over the epoch
         head.eval()
         with torch.no_grad():
             out = head(xv)
@@ -57,7 +62,7 @@ def _fit_head(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.nda
         if epoch % 25 == 0 or epoch == 1:
             log(f"head epoch {epoch}: loss {total / len(xt):.4f} val_loss {vloss:.4f} val_acc {vacc:.4f}",
                 stage="epoch", family="transfer", epoch=epoch, loss=total / len(xt), val_acc=vacc)
-        if best.done:
+        if distributed.agree(best.done):
             break
     head.load_state_dict(best.state)
     return head.cpu().eval(), history, best.accuracy
@@ -80,6 +85,8 @@ def train_transfer(manifest: Manifest, feats: np.ndarray, tr: np.ndarray, va: np
     config = {"backbone": backbone, "features": FEATURE_LAYOUT, "head": f"MLP ({cfg['hidden']} hidden)", **cfg,
               "epochs_run": len(history), "max_epochs": n_epochs, "batch_size": 64, "label_smoothing": 0.1,
               "early_stopping": "validation accuracy, then loss; patience 40"}
+    if (ddp := distributed.describe()) is not None:
+        config["distributed"] = ddp
     trained = Trained("transfer", model, model.frontend.sample_rate, spec(backbone).window_seconds,
                       clips.DEFAULT_MIN_SECONDS, vacc, history, config)
     if finetune:

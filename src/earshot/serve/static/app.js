@@ -121,6 +121,7 @@ async function loadSamples() {
 // ------------------------------------------------------------------ classify
 async function classify(file) {
   clearError();
+  resetSimilar(file);
   $("#empty-state").hidden = true;
   $("#result").hidden = false;
   $("#busy").hidden = false;
@@ -130,7 +131,7 @@ async function classify(file) {
   state.audioUrl = URL.createObjectURL(file);
   $("#player").src = state.audioUrl;
   const params = new URLSearchParams({
-    top_k: $("#topk-select").value, timeline: "true", spectrogram: "true",
+    top_k: $("#topk-select").value, timeline: "true", spectrogram: "true", links: "true",
   });
   if (state.model) params.set("model", state.model);
   // custom classifiers judge windows as long as they were trained on; the tagger's default is 1 s
@@ -161,6 +162,27 @@ function fmtTime(s) {
   return m ? `${m}:${sec.toFixed(1).padStart(4, "0")}` : `${sec.toFixed(1)} s`;
 }
 
+// a label, as a link to its `links` URL (http/https only) with its description as tooltip when the server sent them
+function labelElement(pred, i) {
+  const label = pred.labels[i];
+  const el = document.createElement("span");
+  el.className = "bar-label";
+  const link = pred.links && pred.links[i];
+  const desc = pred.descriptions && pred.descriptions[i];
+  if (typeof link === "string" && /^https?:\/\//i.test(link)) {
+    const a = document.createElement("a");
+    a.href = link;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    a.textContent = label;
+    el.appendChild(a);
+  } else {
+    el.textContent = label;
+  }
+  if (desc) el.title = desc;
+  return el;
+}
+
 function renderResult(pred, ms) {
   $("#result-title").textContent = pred.title;
   $("#result-meta").textContent = `${fmtTime(pred.duration)} · ${pred.model} · ${Math.round(ms)} ms`;
@@ -172,10 +194,15 @@ function renderResult(pred, ms) {
     row.className = "bar-row";
     const text = document.createElement("div");
     text.className = "bar-text";
-    const l = document.createElement("span");
-    l.className = "bar-label";
-    l.textContent = label;
-    text.appendChild(l);
+    text.appendChild(labelElement(pred, i));
+    const parents = pred.parents && pred.parents[i];
+    if (parents && parents.length) {
+      const c = document.createElement("span");
+      c.className = "bar-parents";
+      c.textContent = parents.join(" › ");
+      c.title = `${label} — ${parents.join(" › ")}`;
+      text.appendChild(c);
+    }
     const id = pred.labels_info && pred.labels_info[i];
     if (id) {
       const s = document.createElement("span");
@@ -448,4 +475,90 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#train-form").onsubmit = submitTraining;
   requestAnimationFrame(tick);
   boot();
+});
+
+// "More like this": the clip on show searched in the server's index (/v1/search), hits listed and playable
+async function loadIndexes() {
+  try {
+    const data = await api("/v1/indexes");
+    state.searchIndex = data.default;
+  } catch (e) {
+    state.searchIndex = null;
+  }
+  $("#similar-btn").hidden = !state.searchIndex || !state.file;
+}
+
+function resetSimilar(file) {
+  state.file = file;
+  $("#similar").hidden = true;
+  $("#similar-list").innerHTML = "";
+  $("#similar-player").hidden = true;
+  $("#similar-player").removeAttribute("src");
+  $("#similar-btn").hidden = !state.searchIndex;
+}
+
+async function moreLikeThis() {
+  if (!state.file) return;
+  clearError();
+  const file = state.file;
+  const list = $("#similar-list");
+  list.innerHTML = "";
+  $("#similar").hidden = false;
+  $("#similar-meta").textContent = "searching…";
+  const form = new FormData();
+  form.append("file", file, file.name || "recording");
+  const t0 = performance.now();
+  try {
+    const res = await api("/v1/search?" + new URLSearchParams({ k: "10" }), { method: "POST", body: form });
+    if (state.file !== file) return;
+    $("#similar-meta").textContent = `${res.results.length} hits · index ${res.index} · ${res.model} · ${Math.round(performance.now() - t0)} ms`;
+    for (const hit of res.results) list.appendChild(similarItem(hit));
+    if (!res.results.length) list.innerHTML = '<li class="meta">Nothing in the index yet.</li>';
+  } catch (e) {
+    $("#similar-meta").textContent = "failed";
+    showError(e);
+  }
+}
+
+function similarItem(hit) {
+  const li = document.createElement("li");
+  const play = document.createElement("button");
+  play.className = "play";
+  play.type = "button";
+  play.textContent = "▶";
+  play.disabled = !hit.url;
+  play.title = hit.url ? `play from ${fmtTime(hit.start)}` : "not playable here (outside the samples folder)";
+  if (hit.url) play.onclick = () => playHit(hit);
+  const id = document.createElement("span");
+  id.className = "similar-id";
+  id.textContent = hit.id;
+  const span = document.createElement("span");
+  span.className = "similar-span";
+  span.textContent = `${fmtTime(hit.start)}–${fmtTime(hit.end)}`;
+  const score = document.createElement("span");
+  score.className = "similar-score";
+  score.textContent = hit.score.toFixed(3);
+  score.title = "cosine similarity (1 = the same clip)";
+  li.append(play, id, span, score);
+  return li;
+}
+
+async function playHit(hit) {
+  try {
+    const key = localStorage.getItem(KEY);
+    const resp = await fetch(hit.url, { headers: key ? { "X-API-Key": key } : {} });
+    if (!resp.ok) throw { status: resp.status, type: "SampleError", message: "could not fetch " + hit.id };
+    const player = $("#similar-player");
+    if (player.src.startsWith("blob:")) URL.revokeObjectURL(player.src);
+    player.src = URL.createObjectURL(await resp.blob());
+    player.hidden = false;
+    player.currentTime = hit.start;
+    player.play().catch(() => {});
+  } catch (e) { showError(e); }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#similar-btn").onclick = moreLikeThis;
+  $("#key-save").addEventListener("click", loadIndexes);
+  loadIndexes();
 });

@@ -1,0 +1,122 @@
+"""What training adds to a data set before it is split: the keyword classes (`earshot.training.keywords`) and
+synthetic voices (`earshot.training.synthesis`), and the split that keeps synthetic items on the train side.
+
+Synthetic items are appended after the real ones and never validated on: `split_real` / `cv_real` split only the
+real items (the first ones) and add every synthetic item to each training side. No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from earshot.training import keywords, synthesis
+from earshot.training.manifest import Manifest
+from earshot.training.splits import cv_folds, split
+
+
+@dataclass
+class Additions:
+    """The card's record of what was added: keyword classes and synthetic voices (None when not asked for)."""
+
+    keywords: dict[str, Any] | None = None
+    synthetic: dict[str, Any] | None = None
+    words: dict[str, str] | None = field(default=None)
+
+    @property
+    def background_labels(self) -> list[str]:
+        return list((self.keywords or {}).get("background_labels", []))
+
+
+def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | None = None,
+        background: bool | None = None, synthesize: bool = False, per_label: int | None = None, seed: int = 0,
+        log: Callable[..., None] | None = None) -> Additions:
+    """Add the keyword classes and synthetic voices asked for to `manifest`, in place.
+
+    `words`: the keywords (`keywords.parse_words`), other labels become ``_unknown_``. `background`: add a
+    ``_silence_`` class; None means yes for a Speech Commands layout or when `words` is given. `synthesize`:
+    append `per_label` synthetic takes of each label's word (default `synthesis.DEFAULT_PER_LABEL`)."""
+    out = Additions(words=keywords.parse_words(words))
+    if background is None:
+        background = manifest.layout == "speech_commands" or bool(out.words)
+    per_label = per_label or synthesis.DEFAULT_PER_LABEL
+    if out.words or background:
+        real = manifest.class_counts()
+        silence = None
+        if synthesize and real:
+            silence = max(keywords.MIN_SILENCE, int(np.median(list(real.values()))) + per_label // 2)
+        out.keywords = keywords.prepare(manifest, words=out.words, background=background, silence_count=silence,
+                                        seed=seed)
+        if log is not None:
+            k = out.keywords
+            parts = []
+            if "keywords" in k:
+                parts.append(f"{len(k['keywords'])} keywords, {k['unknown']['n']} {keywords.UNKNOWN} clips")
+            if "silence" in k:
+                parts.append(f"{k['silence']['n']} {keywords.SILENCE} clips ({k['silence']['source']})")
+            log("keyword spotting: " + "; ".join(parts), stage="keywords", **{"background_labels":
+                                                                              k["background_labels"]})
+    if synthesize:
+        items, out.synthetic = synthesis.synthesize(manifest.labels, words=out.words, per_label=per_label,
+                                                    seed=seed, log=log)
+        manifest.items.extend(items)
+    return out
+
+
+def is_synthetic(manifest: Manifest) -> np.ndarray:
+    """One bool per item: True for synthetic items."""
+    return np.array(["synthetic" in it.extra for it in manifest.items], dtype=bool)
+
+
+def real_part(manifest: Manifest) -> tuple[Manifest, np.ndarray]:
+    """The manifest of the real items (which come first) and the indices of the synthetic ones."""
+    synth = np.flatnonzero(is_synthetic(manifest))
+    n_real = len(manifest) - len(synth)
+    if len(synth) and synth[0] != n_real:
+        raise AssertionError("synthetic items must follow the real ones")
+    if not len(synth):
+        return manifest, synth
+    real = manifest.subset(range(n_real))
+    real.skipped = manifest.skipped
+    return real, synth
+
+
+def split_real(manifest: Manifest, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`splits.split` of the real items, every synthetic item added to the train side."""
+    real, synth = real_part(manifest)
+    tr, va = split(real, **options)
+    return np.concatenate([tr, synth]).astype(np.int64), va
+
+
+def cv_real(manifest: Manifest, **options: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`splits.cv_folds` of the real items, every synthetic item added to each train side."""
+    real, synth = real_part(manifest)
+    return [(np.concatenate([tr, synth]).astype(np.int64), va) for tr, va in cv_folds(real, **options)]
+
+
+def added_summary(manifest: Manifest, added: Additions | None) -> dict[str, Any]:
+    """The card's ``data`` summary: the real items' `Manifest.summary`, with the synthetic voices and the
+    keyword classes recorded beside it."""
+    if added is None:
+        return manifest.summary()
+    real, synth = real_part(manifest)
+    out = real.summary()
+    if added.synthetic is not None:
+        out["synthetic"] = added.synthetic
+    if added.keywords is not None:
+        out["keyword_spotting"] = added.keywords
+    return out
+
+
+def keyword_fields(added: Additions | None) -> dict[str, Any]:
+    """Card fields of a keyword model: ``background_labels`` (labels that mean "no keyword": never an event)
+    and ``keywords`` (with ``--words``; other words are ``_unknown_``)."""
+    if added is None or added.keywords is None:
+        return {}
+    out: dict[str, Any] = {"background_labels": added.background_labels}
+    if added.words:
+        out["keywords"] = dict(added.words)
+    return out

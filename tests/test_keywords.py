@@ -1,0 +1,186 @@
+"""Keyword spotting end to end: synthetic voices, background classes, and keywords found in continuous audio.
+
+Tests that need the speech synthesisers fail (rather than skip) under CI, which installs them (`.ci/run`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from conftest import DATA
+
+from earshot.events import EventTracker
+from earshot.training import keywords, synthesis
+
+FSDD = DATA / "fsdd" / "recordings"
+SPEECH_COMMANDS = DATA / "speech_commands_v0.01_subset"
+
+
+def need_engine(engine: str) -> None:
+    if engine in synthesis.available_engines():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"speech synthesiser {engine} is not installed (.ci/run installs it)")
+    pytest.skip(f"speech synthesiser {engine} is not installed")
+
+
+@pytest.mark.parametrize("engine", synthesis.ENGINES)
+def test_synthesis_renders_the_word_with_each_engine(engine, tmp_path, monkeypatch):
+    need_engine(engine)
+    monkeypatch.setenv("EARSHOT_HOME", str(tmp_path))
+    items, summary = synthesis.synthesize(["7", "_silence_"], per_label=3, engines=[engine], seed=1)
+    assert len(items) == 3 and summary["n"] == 3 and summary["per_label"] == {"7": 3}
+    assert summary["words"] == {"7": "seven"} and summary["failed"] == 0 and summary["rendered_now"] == 3
+    voices = summary["engines"][engine]["voices"]
+    assert sum(voices.values()) == 3 and set(voices) <= set(synthesis.voices(engine))
+    assert summary["engines"][engine]["version"] not in (None, "", "unknown")
+    for it in items:
+        y, sr = sf.read(it.path, dtype="float32")
+        assert sr == synthesis.SAMPLE_RATE and it.label == "7" and it.group.startswith(f"synthetic:{engine}:")
+        assert 0.25 < len(y) / sr < 1.6, len(y) / sr  # "seven", trimmed, at 0.8-1.35x duration
+        frames = y[: len(y) // 160 * 160].reshape(-1, 160)
+        loud = np.sqrt((frames ** 2).mean(axis=1)) > 0.01  # -40 dBFS; peaks are at -6
+        assert loud.mean() > 0.3  # speech, not a click in silence
+    again, summary2 = synthesis.synthesize(["7"], per_label=3, engines=[engine], seed=1)
+    assert [it.path for it in again] == [it.path for it in items] and summary2["rendered_now"] == 0
+
+
+def test_synthesis_plan_words_and_missing_engines():
+    assert synthesis.word_for("0") == "zero" and synthesis.word_for("sheila", {"sheila": "shayla"}) == "shayla"
+    assert synthesis.word_for("_unknown_") is None and synthesis.word_for("turn_left") == "turn left"
+    takes = synthesis.plan(["yes", "no"], per_label=10, seed=3, engines=["espeak-ng", "flite"])
+    assert len(takes) == 20 and takes == synthesis.plan(["yes", "no"], per_label=10, seed=3,
+                                                         engines=["espeak-ng", "flite"])
+    assert sum(t.engine == "espeak-ng" for _, t in takes) == 2 * 8  # 0.6 / (0.6 + 0.2) of each word's takes
+    with pytest.raises(Exception, match="speech synthesiser"):
+        synthesis.synthesize(["yes"], engines=[])
+
+
+def test_background_labels_never_open_events():
+    tracker = EventTracker(["_silence_", "_unknown_", "yes"], [None] * 3, [0.5] * 3, multi_label=False,
+                           background=["_silence_", "_unknown_"])
+    rows = [[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.1, 0.7], [0.9, 0.05, 0.05]]
+    events = tracker.events(np.array(rows, dtype=np.float32), np.arange(5) * 0.5, np.arange(5) * 0.5 + 1)
+    assert [(e.label, e.start, e.end) for e in events] == [("yes", 1.0, 2.5)]
+
+
+def test_parse_words_and_generated_background():
+    assert keywords.parse_words("yes, no,sheila=shayla") == {"yes": "yes", "no": "no", "sheila": "shayla"}
+    assert keywords.parse_words(None) is None and keywords.parse_words("") is None
+    rng = np.random.default_rng(0)
+    for kind in keywords.KINDS:
+        y = keywords.background_clip(kind, rng, level_db=-30)
+        assert len(y) == 16000
+        rms = float(np.sqrt(np.mean(y ** 2)))
+        assert (rms == 0) if kind == "silence" else abs(20 * np.log10(rms) + 30) < 0.5
+
+
+def _fsdd(speaker: str, digit: int, index: int) -> Path:
+    return FSDD / f"{digit}_{speaker}_{index}.wav"
+
+
+@pytest.fixture(scope="module")
+def digits_bundle(tmp_path_factory):
+    """A digit-spotting bundle: 3 speakers (12 takes of each digit) train, theo validates, a _silence_ class."""
+    pytest.importorskip("torch")
+    from earshot.training import train
+
+    tmp = tmp_path_factory.mktemp("digits")
+    manifest = tmp / "digits.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold", "group"])
+        for speaker in ("george", "jackson", "lucas", "theo"):
+            for digit in range(10):
+                for index in range(12):
+                    w.writerow([_fsdd(speaker, digit, index), digit, speaker, speaker])
+    return train(manifest, tmp / "bundle", model="cnn", val_fold="theo", epochs=12, background=True, quiet=True)
+
+
+@pytest.mark.slow
+def test_keywords_in_continuous_audio_stream_with_timestamps(digits_bundle, tmp_path):
+    """An unseen speaker's digits at known times in 9 s of quiet noise → `earshot stream` (stdin) reports each
+    digit once, in order, centred within one hop of the word, and no event for the background."""
+    card = json.loads((digits_bundle / "card.json").read_text())
+    assert card["background_labels"] == ["_silence_"]
+    sr, hop = 16000, 0.25
+    rng = np.random.default_rng(0)
+    audio = keywords.background_clip("pink", rng, seconds=9.0, level_db=-55)
+    truth = []
+    for at, (digit, index) in zip((1.0, 3.5, 6.0), ((3, 40), (7, 41), (1, 42))):
+        y, native = sf.read(_fsdd("theo", digit, index), dtype="float32")
+        y = soxr.resample(y, native, sr)
+        s = int(at * sr)
+        audio[s: s + len(y)] += y
+        truth.append((str(digit), at + len(y) / sr / 2))
+    wav = io.BytesIO()
+    sf.write(wav, audio, sr, format="WAV", subtype="PCM_16")
+    p = subprocess.run([sys.executable, "-m", "earshot.cli", "stream", "-", "--model", str(digits_bundle),
+                        "--hop", str(hop)], input=wav.getvalue(), capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    records = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    events = [r for r in records if r["type"] == "event"]
+    assert [e["label"] for e in events] == [d for d, _ in truth], events
+    for e, (_, centre) in zip(events, truth):
+        assert abs((e["start"] + e["end"]) / 2 - centre) <= hop, (e, centre)
+    segments = [r for r in records if r["type"] == "segment"]
+    quiet = [s for s in segments if all(abs((s["start"] + s["end"]) / 2 - c) > 1.0 for _, c in truth)]
+    assert quiet and all(s["labels"][0] == "_silence_" for s in quiet)  # an outcome, not a forced digit
+    assert records[-1]["type"] == "summary" and records[-1]["events"] == 3
+
+
+@pytest.fixture(scope="module")
+def speech_commands_small(tmp_path_factory):
+    """A Speech Commands layout of 4 words from the shared sample, its lists, and a _background_noise_ folder."""
+    root = tmp_path_factory.mktemp("sc")
+    words = ("yes", "no", "up", "wow")
+    validation = set((SPEECH_COMMANDS / "validation_list.txt").read_text().split())
+    listed = []
+    for word in words:
+        shutil.copytree(SPEECH_COMMANDS / word, root / word)
+        listed += [f"{word}/{p.name}" for p in sorted((root / word).glob("*.wav"))
+                   if f"{word}/{p.name}" in validation]
+    (root / "validation_list.txt").write_text("\n".join(listed) + "\n")
+    noise = root / keywords.NOISE_FOLDER
+    noise.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(noise / "pink.wav", keywords.background_clip("pink", rng, seconds=5, level_db=-30), 16000)
+    return root
+
+
+@pytest.mark.slow
+def test_speech_commands_layout_trains_keywords_with_background(speech_commands_small, tmp_path):
+    """--words yes,no,up: `wow` becomes _unknown_, _silence_ comes from _background_noise_ crops, synthetic
+    voices join the training side only, and the card says which labels are background."""
+    need_engine("espeak-ng")
+    pytest.importorskip("torch")
+    from earshot.training import evaluate, train
+
+    bundle = train(speech_commands_small, tmp_path / "kws", model="cnn", epochs=2, words="yes,no,up",
+                   synthesize=True, synth_per_label=6, quiet=True)
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["labels"] == ["_silence_", "_unknown_", "no", "up", "yes"]
+    assert card["background_labels"] == ["_silence_", "_unknown_"]
+    assert card["keywords"] == {"yes": "yes", "no": "no", "up": "up"}
+    spotting = card["data"]["keyword_spotting"]
+    assert spotting["unknown"]["words"] == {"wow": 9} and spotting["silence"]["source"].startswith("crops of")
+    synthetic = card["data"]["synthetic"]
+    assert synthetic["per_label"] == {"no": 6, "up": 6, "yes": 6} and synthetic["n"] == 18
+    assert sum(e["n"] for e in synthetic["engines"].values()) == 18
+    assert not any(g.startswith("synthetic:") for g in card["data"]["split_groups"]["validation"])
+    assert card["data"]["classes"].get("_silence_", 0) > 0 and card["data"]["n"] == card["data"]["n_validation"] \
+        + card["data"]["n_train"] - 18
+    metrics = evaluate(bundle, speech_commands_small, val_fold="validation")
+    assert metrics["n"] == sum(1 for line in (speech_commands_small / "validation_list.txt").read_text().split())
+    assert set(metrics["per_class"]) == set(card["labels"])
