@@ -68,12 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="auto")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-label", type=int, help="synthetic takes per label (default: earshot's)")
     ap.add_argument("--keep", type=Path, help="keep the bundles in this folder")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="earshot-kws-"))
     out = args.keep or tmp
-    common = {"model": args.model, "epochs": args.epochs, "seed": args.seed}
+    common = {"model": args.model, "epochs": args.epochs, "seed": args.seed, "synth_per_label": args.per_label}
     rows = []
     try:
         for lever in args.levers.split(","):

@@ -82,11 +82,8 @@ def batch_section(tmp: Path, n: int, rounds: int) -> dict:
     runs: dict[str, list[dict]] = {}
     try:
         t = time.perf_counter()
-        one.start_head(num_cpus=cores)
-        two.start_head(num_cpus=max(1, cores // 2))
-        two.add_node(num_cpus=max(1, cores - cores // 2))
-        one.wait_for(1)
-        two.wait_for(2)
+        one.start([cores])
+        two.start([max(1, cores // 2), max(1, cores - cores // 2)])
         print(f"clusters up in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         engines = {"local": ([], None), "ray, 1 node": (["--engine", "ray", "--address", one.address], one.env),
                    "ray, 2 nodes": (["--engine", "ray", "--address", two.address], two.env)}

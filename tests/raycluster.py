@@ -100,6 +100,25 @@ class RayCluster:
         assert self.address, "start the head first"
         self._start(["--address", self.address, "--num-cpus", str(num_cpus)], f"node{len(self.nodes)}")
 
+    def start(self, cpus: list[int], tries: int = 3) -> str:
+        """A head with `cpus[0]` CPUs and a node for each further entry, up and joined; a node that fails to start
+        (a port taken between choosing it and binding it) brings the whole cluster down and up again on new ports.
+        Returns the head's address."""
+        for attempt in range(tries):
+            try:
+                self.start_head(cpus[0])
+                for n in cpus[1:]:
+                    self.add_node(n)
+                self.wait_for(len(cpus))
+                return self.address or ""
+            except RuntimeError:
+                self.stop()
+                self.nodes = []
+                self.temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+                if attempt == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def wait_for(self, n_nodes: int, timeout: float = 90.0) -> None:
         """Until `n_nodes` nodes are alive in the cluster (asked through `ray status` with our token)."""
         deadline = time.time() + timeout
@@ -107,7 +126,8 @@ class RayCluster:
         while time.time() < deadline:
             for p in self.nodes:
                 if p.poll() is not None:
-                    raise RuntimeError(f"a ray node exited with {p.returncode}; see {self.log_dir}")
+                    logs = "".join(f.read_text(errors="replace")[-1500:] for f in sorted(self.log_dir.glob("*.log")))
+                    raise RuntimeError(f"a ray node exited with {p.returncode}:\n{logs}")
             r = subprocess.run([RAY, "status", "--address", self.address], capture_output=True, text=True,
                                env=self.env, timeout=60)
             last = r.stdout + r.stderr

@@ -55,9 +55,7 @@ def cluster(tmp_path, s3):
     c = RayCluster(tmp_path, env={**S3_ENV, "AWS_ENDPOINT_URL": s3.url})
     pids: list[int] = []
     try:
-        c.start_head(num_cpus=1)
-        c.add_node(num_cpus=1)
-        c.wait_for(2)
+        c.start([1, 1])
         pids = c.node_pids(0) + c.node_pids(1)
         yield c
     finally:
@@ -119,6 +117,17 @@ def test_batch_on_a_two_node_cluster_survives_a_killed_worker(tmp_path, s3, clus
     again = subprocess.run(cmd, capture_output=True, env=cluster.env, timeout=120)
     summary = json.loads(again.stdout.decode()[again.stdout.decode().index("{"):])
     assert (summary["done"], summary["failed"], summary["skipped"]) == (0, 0, len(corpus))
+
+    # One results file instead (the records travel back to the driver): a folder of the source, a new ledger.
+    sub = {k[2:]: v for k, v in kinds.items() if k.startswith("a/")}
+    jsonl = subprocess.run([*cmd[:4], "s3://earshot/in/a/", "--output", "s3://earshot/report.jsonl", "--format",
+                            "jsonl", *cmd[7:11], "--ledger", str(tmp_path / "jsonl.sqlite"), "--quiet"],
+                           capture_output=True, env=cluster.env, timeout=120)
+    assert jsonl.returncode == 1, jsonl.stderr.decode()[-3000:]
+    lines = c.get_object(Bucket="earshot", Key="report.jsonl")["Body"].read().decode().splitlines()
+    docs = {d["title"]: d for d in map(json.loads, lines)}
+    assert len(lines) == len(docs) == len(sub)
+    assert {t: (d["error"] is None) for t, d in docs.items()} == {k: v == "ok" for k, v in sub.items()}
 
 
 

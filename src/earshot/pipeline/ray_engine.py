@@ -26,6 +26,7 @@ from earshot.pipeline.storage import Store
 
 log = logging.getLogger(LOGGER)
 FINAL = ("done", "failed")
+COLUMNS = ("key", "state", "reason", "error", "result")  # the rows RayClassify returns to the driver
 
 RAY_HINT = "the Ray engine needs Ray Data: pip install 'earshot[ray]'"
 
@@ -70,7 +71,7 @@ class RayClassify:
     folders are made durable before its rows go back to the driver."""
 
     def __init__(self, src: Store, dst: Store | None, bundle: ShippedBundle, top_k: int, max_attempts: int,
-                 exposures: Any, threads: int = 1):
+                 exposures: Any, threads: int = 1, keep_records: bool = False):
         from earshot.bundle import read_bundle
         from earshot.classifier import Classifier
 
@@ -78,6 +79,7 @@ class RayClassify:
         self.proc = Processor(src, dst, clf, top_k=top_k, max_attempts=max_attempts)
         self.max_attempts = max_attempts
         self.exposures = exposures
+        self.keep_records = keep_records  # results go back to the driver only for a single results file
         self.pool = ThreadPoolExecutor(max(2, 2 * threads))
 
     def _one(self, key: str, attempts: int) -> tuple[int, Outcome]:
@@ -130,7 +132,8 @@ class RayClassify:
             "state": [o.state for _, o in done],
             "reason": [o.reason or "" for _, o in done],
             "error": [o.error or "" for _, o in done],
-            "result": [dumps(o.record) if o.record is not None and o.state in FINAL else "" for _, o in done],
+            "result": [dumps(o.record) if self.keep_records and o.record is not None and o.state in FINAL else ""
+                       for _, o in done],
         }
 
 
@@ -211,7 +214,7 @@ def run_ray(run: Run, *, model: Any, workers: int, top_k: int, max_attempts: int
                     RayClassify,
                     fn_constructor_kwargs={"src": run.src, "dst": run.dst, "bundle": shipped, "top_k": top_k,
                                            "max_attempts": max_attempts, "exposures": exposures,
-                                           "threads": max(1, round(num_cpus))},
+                                           "threads": max(1, round(num_cpus)), "keep_records": store_results},
                     # at least 4 batches an actor, so that a small run still spreads over the pool
                     batch_size=max(1, min(batch_size, -(-len(claimed) // (4 * actors)))) if n_pass == 0 else 1,
                     compute=ray.data.ActorPoolStrategy(size=actors),
@@ -220,22 +223,20 @@ def run_ray(run: Run, *, model: Any, workers: int, top_k: int, max_attempts: int
                 )
                 finals: list[tuple[Final, Item]] = []
                 flushed = time.monotonic()
-                for row in ds.iter_rows():
-                    item = claimed.pop(row["key"], None)
-                    if item is None:  # a row delivered twice: its result was already recorded
-                        continue
-                    state = row["state"]
-                    if state in FINAL:
-                        res = row["result"] or None
-                        finals.append((Final(item, state, row["error"] or None, row["reason"] or None,
-                                             res if store_results else None), item))
-                        done += state == "done"
-                        failed += state == "failed"
-                        on_finish()
-                    else:  # vanished, or its store down for good: pending again, for a later run
-                        run.ledger.retry(item, owner, lease, error=row["error"] or None, reason=row["reason"] or None,
-                                         count=False)
-                        leases.drop([item])
+                for cols in ds.iter_batches(batch_size=None, batch_format="numpy"):  # whole blocks, as they come
+                    for key, state, reason, error, result in zip(*(cols[c].tolist() for c in COLUMNS)):
+                        item = claimed.pop(key, None)
+                        if item is None:  # a row delivered twice: its result was already recorded
+                            continue
+                        if state in FINAL:
+                            finals.append((Final(item, state, error or None, reason or None, result or None), item))
+                            done += state == "done"
+                            failed += state == "failed"
+                            on_finish()
+                        else:  # vanished, or its store down for good: pending again, for a later run
+                            run.ledger.retry(item, owner, lease, error=error or None, reason=reason or None,
+                                             count=False)
+                            leases.drop([item])
                     if len(finals) >= 256 or time.monotonic() - flushed > 0.5:
                         _finish(run.ledger, owner, finals, leases)
                         finals, flushed = [], time.monotonic()

@@ -62,6 +62,15 @@ def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | 
     if synthesize:
         items, out.synthetic = synthesis.synthesize(manifest.labels, words=out.words, per_label=per_label,
                                                     seed=seed, log=log)
+        others = sorted(((out.keywords or {}).get("unknown") or {}).get("words") or {})
+        if others:  # the other words said by the synthetic voices too, as _unknown_
+            extra, summary = synthesis.synthesize(others, per_label=max(1, per_label // len(others)), seed=seed,
+                                                  log=log)
+            for it in extra:
+                it.extra["word"], it.label = it.label, keywords.UNKNOWN
+            items += extra
+            out.synthetic["unknown"] = {"n": len(extra), "words": summary["words"]}
+            out.synthetic["n"] += len(extra)
         manifest.items.extend(items)
     return out
 

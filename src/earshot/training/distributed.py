@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from earshot.errors import DataError
+from earshot.errors import DataError, EarshotError
 
 TIMEOUT = datetime.timedelta(hours=6)  # a barrier waits this long for rank 0 (features of a large data set)
 BACKEND_ENV = "EARSHOT_DDP_BACKEND"
@@ -192,14 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if torch.cuda.is_available():
         torch.cuda.set_device(local % torch.cuda.device_count())
     dist.init_process_group(backend(), timeout=TIMEOUT)
-    from earshot.errors import EarshotError
-
     try:
         if is_primary():
             train(spec["data"], spec["out"], quiet=spec["quiet"], name=spec["name"], **spec["options"])
         else:
-            import inspect
-
             accepted = inspect.signature(fit).parameters
             fit(spec["data"], quiet=True, progress=None if spec["quiet"] else _feature_lines,
                 **{k: v for k, v in spec["options"].items() if k in accepted})
