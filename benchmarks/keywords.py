@@ -7,7 +7,8 @@
 (b) Speech Commands v0.01 sample (30 words, official lists): validation-list clips, whose speakers never appear in
     training; accuracy on the words (the generated ``_silence_`` validation clips are left out of the figure).
 Levers: ``none`` (default flags), ``synth`` (``--synthesize``). Accuracy is the exported bundle's on onnxruntime
-(the card's validation metrics). Set OMP_NUM_THREADS=1 on a busy machine.
+(the card's validation metrics; as in benchmarks/train.py, the CNN keeps its best epoch on that split). Each row
+has wall and CPU seconds. Set OMP_NUM_THREADS=1 on a busy machine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -43,20 +45,26 @@ def words_accuracy(card: dict) -> tuple[float, int]:
     return (float(np.trace(cm[np.ix_(keep, keep)]) / n) if n else float("nan")), n
 
 
+def _cpu() -> float:
+    """CPU seconds used by this process so far: on a shared machine, wall time says more about the others."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run(name: str, out: Path, data, **options) -> dict:
     from earshot.training import train
 
-    t0 = time.time()
+    t0, c0 = time.time(), _cpu()
     bundle = train(data, out / name.replace(" ", "_"), quiet=True, **options)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, _cpu() - c0
     card = json.loads((bundle / "card.json").read_text())
     acc, n = words_accuracy(card)
     synth = (card["data"].get("synthetic") or {}).get("n", 0)
     row = {"benchmark": name, "family": card["training"]["family"], "accuracy": round(acc, 4), "n": n,
            "card_accuracy": card["metrics"]["accuracy"], "synthetic": synth, "wall_s": round(wall, 1),
-           "epochs_run": card["training"].get("epochs_run")}
-    print(f"{name:44s} {row['family']:8s} acc {acc:.4f}  n {n:4d}  synthetic {synth:5d}  {wall:6.1f} s",
-          flush=True)
+           "cpu_s": round(cpu, 1), "epochs_run": card["training"].get("epochs_run")}
+    print(f"{name:44s} {row['family']:8s} acc {acc:.4f}  n {n:4d}  synthetic {synth:5d}  {wall:6.1f} s wall  "
+          f"{cpu:6.1f} s cpu", flush=True)
     return row
 
 

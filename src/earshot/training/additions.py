@@ -38,11 +38,11 @@ def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | 
 
     `words`: the keywords (`keywords.parse_words`), other labels become ``_unknown_``. `background`: add a
     ``_silence_`` class; None means yes for a Speech Commands layout or when `words` is given. `synthesize`:
-    append `per_label` synthetic takes of each label's word (default `synthesis.DEFAULT_PER_LABEL`)."""
+    append `per_label` synthetic takes of each label's word (default `synthesis.default_per_label`)."""
     out = Additions(words=keywords.parse_words(words))
     if background is None:
         background = manifest.layout == "speech_commands" or bool(out.words)
-    per_label = per_label or synthesis.DEFAULT_PER_LABEL
+    per_label = per_label or synthesis.default_per_label(list(out.words or manifest.labels), out.words)
     if out.words or background:
         real = manifest.class_counts()
         silence = None
