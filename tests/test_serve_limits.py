@@ -11,20 +11,17 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from apiserver import server_process
 from conftest import esc50_clip
 
 from earshot import limits
@@ -33,42 +30,6 @@ DOG = esc50_clip("dog")
 CAP_MB = 2
 TIMEOUT_S = 2.0
 LONG_SECONDS = 600  # a timeline of it at hop 0.01 s is 60 000 windows: about a minute of CPU on 2 cores
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def server_process(tmp: Path, **settings: str) -> Iterator[tuple[str, int]]:
-    """`earshot.serve.run` in a child process with EARSHOT_* `settings`; yields (base URL, pid) once warm."""
-    port = free_port()
-    env = {**os.environ, "EARSHOT_STATE_DIR": str(tmp / "state"), "EARSHOT_MODELS_DIR": str(tmp / "models")}
-    env.update({"EARSHOT_" + k.upper(): v for k, v in settings.items()})
-    code = f"from earshot.serve import run; run('mn04-as', '127.0.0.1', {port}, log_level='warning')"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, "server exited during startup"
-            assert time.time() < deadline, "server did not become ready"
-            try:
-                if httpx.get(base + "/healthz", timeout=1).json()["models_loaded"]:
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.1)
-        yield base, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def rss_mb(pid: int) -> float:

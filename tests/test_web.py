@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
 from conftest import ROOT, esc50_clip
 from test_serve import HAS_TRAIN, class_zip, running_server
 
@@ -35,8 +37,9 @@ def missing_browser() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Chromium under Playwright. Missing, it skips these tests, except under CI (`CI` set) where it fails them."""
+def playwright():
+    """Playwright's driver. Missing (or no chromium), it skips these tests, except under CI (`CI` set) where it
+    fails them."""
     missing = missing_browser()
     if missing and os.environ.get("CI"):
         pytest.fail(f"browser tests cannot run in CI: {missing}", pytrace=False)
@@ -45,9 +48,15 @@ def browser():
     from playwright import sync_api
 
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    """Chromium under Playwright."""
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    yield b
+    b.close()
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +162,115 @@ def test_training_view_end_to_end(page, tmp_path):
     page.set_input_files("#file-input", str(esc50_clip("rooster", 9)))
     page.wait_for_function("document.querySelector('#chart .bar-label')?.textContent === 'rooster'")
     page.screenshot(path=str(ARTIFACTS / "web_trained.png"), full_page=True)
+
+
+# ------------------------------------------------------------------ live: Listen (microphone) and streamed files
+DOG_LABELS = {"Dog", "Animal", "Domestic animals, pets", "Bark", "Bow-wow"}
+
+
+def dog_audio(indices) -> np.ndarray:
+    """Real ESC-50 dog clips (16 kHz mono) end to end."""
+    return np.concatenate([sf.read(esc50_clip("dog", i), dtype="float32")[0] for i in indices])
+
+
+def open_page(browser, base, key: str | None = None):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    if key:
+        ctx.add_init_script(f"localStorage.setItem('earshot.apiKey', {key!r})")
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    pg.goto(base)
+    pg.wait_for_function("document.querySelectorAll('#model-select option').length > 0")
+    return ctx, pg
+
+
+@pytest.fixture
+def mic_browser(playwright, tmp_path):
+    """Chromium whose microphone plays (in a loop) a WAV of dog barks: 1-30226-A-0 (a bark from 1.5 s to its end)
+    then 1-110389-A-0 (barks from the start)."""
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, dog_audio([2, 1]), 16000, subtype="PCM_16")
+    fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}"]
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *fake])
+    yield b
+    b.close()
+
+
+def test_listen_streams_microphone_live(mic_browser, site):
+    ctx, pg = open_page(mic_browser, site)
+    sockets = []
+    pg.on("websocket", lambda ws: sockets.append(ws.url))
+    pg.click("#listen-btn")
+    pg.wait_for_selector("#live:not([hidden])")
+    # the bars follow each window: the bark shows as Dog at some point (checked every frame)
+    pg.wait_for_function(
+        "[...document.querySelectorAll('#live-chart .bar-label')].some(e => e.textContent === 'Dog')",
+        polling="raf", timeout=60_000,
+    )
+    # and the event lane draws the bark as an event (open, then closed)
+    pg.wait_for_function(
+        f"[...document.querySelectorAll('#live-lanes .lane')].some(l => {sorted(DOG_LABELS)!r}"
+        ".includes(l.querySelector('.lane-name').textContent) && l.querySelector('.live-event'))",
+        timeout=30_000,
+    )
+    assert pg.locator("#live-meta").inner_text().startswith("listening")
+    assert pg.locator("#live-axis span").count() == 5
+    assert sockets and "/v1/stream?" in sockets[0] and "format=s16le" in sockets[0] and "model=mn04-as" in sockets[0]
+    pg.screenshot(path=str(ARTIFACTS / "web_listen.png"), full_page=True)
+    pg.click("#live-stop")
+    pg.wait_for_selector("#live-summary:not([hidden])")
+    summary = pg.locator("#live-summary-chart .bar-label").all_inner_texts()
+    assert set(summary) & DOG_LABELS, summary
+    assert "stopped: eof" in pg.locator("#live-summary-meta").inner_text()
+    assert pg.locator("#live-stop").is_hidden() and pg.locator("#error").is_hidden()
+    assert pg.locator("#listen-label").inner_text() == "Listen"
+    # a stream the server refuses ends with its error on show, not a hang
+    pg.evaluate("state.model = 'no-such-model'")
+    pg.click("#listen-btn")
+    pg.wait_for_selector("#error:not([hidden])")
+    pg.wait_for_function("document.querySelector('#live-meta').textContent.startsWith('failed')")
+    assert pg.locator("#live-stop").is_hidden()
+    ctx.close()
+
+
+def test_listen_without_microphone_shows_error(page):
+    page.click("#listen-btn")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "MicrophoneError" in page.locator("#error").inner_text()
+    assert page.locator("#live-stop").is_hidden()
+
+
+def test_file_over_upload_cap_streams_through_websocket(browser, tmp_path):
+    import soxr
+
+    audio = dog_audio(range(8))  # 40 s: 1.28 MB as 16-bit WAV, over the 0.25 MB cap
+    wav = tmp_path / "long-dogs.wav"
+    sf.write(wav, audio, 16000, subtype="PCM_16")
+    stereo = soxr.resample(audio, 16000, 44100)
+    flac = tmp_path / "long-dogs.flac"  # not WAV PCM: decoded and resampled by the browser
+    sf.write(flac, np.stack([stereo, 0.5 * stereo], axis=1), 44100, subtype="PCM_16")
+    assert flac.stat().st_size > 0.25 * 2**20
+    with running_server(tmp_path, max_upload_mb=0.25, api_keys=["k3y"]) as base:
+        ctx, pg = open_page(browser, base, key="k3y")  # the page's key goes to the socket as ?api_key=
+        answers, sockets = [], []
+        pg.on("response", lambda r: answers.append((r.url, r.status)))
+        pg.on("websocket", lambda ws: sockets.append(ws.url))
+        for path in (wav, flac):
+            pg.set_input_files("#file-input", str(path))
+            pg.wait_for_function(f"document.querySelector('#live-title').textContent === '{path.name}'")
+            pg.wait_for_selector("#live-lanes .live-event", timeout=60_000)
+            pg.wait_for_selector("#live-summary:not([hidden])", timeout=60_000)
+            assert pg.locator("#error").is_hidden(), pg.locator("#error").inner_text()
+            assert "40.0 s of audio" in pg.locator("#live-summary-meta").inner_text()
+            assert set(pg.locator("#live-lanes .lane-name").all_inner_texts()) & DOG_LABELS
+            assert set(pg.locator("#live-summary-chart .bar-label").all_inner_texts()) & DOG_LABELS
+            width = pg.locator("#live-progress div").evaluate("e => e.style.width")
+            assert width == "100%", width
+            assert pg.locator("#result").is_hidden()
+        # the page read the cap from /healthz and streamed without uploading first
+        assert [s for u, s in answers if "/v1/predict" in u] == []
+        assert len(sockets) == 2 and all("api_key=k3y" in u for u in sockets), sockets
+        assert "format=s16le" in sockets[0] and "rate=16000" in sockets[0] and "channels=1" in sockets[0]
+        pg.screenshot(path=str(ARTIFACTS / "web_stream_file.png"), full_page=True)
+        ctx.close()

@@ -37,6 +37,11 @@ class StorageError(EarshotError):
     """An object store or folder could not be listed, read or written."""
 
 
+class StreamError(EarshotError):
+    """A live stream that broke its protocol or its bounds: `reason` is bad_message, frame_too_large, idle,
+    slow_consumer or overloaded."""
+
+
 class LabelError(EarshotError):
     """A class or label name that neither the ontology nor the model knows (`reason` unknown_label), or one that
     names no label of the model (`reason` no_label). `suggestions` holds close matches."""

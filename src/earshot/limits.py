@@ -32,6 +32,9 @@ MAX_SEGMENTS = 100_000  # windows (segments) of one timeline: ~211 MB of scores 
 MAX_SEGMENT_LABELS = 1_000_000  # segments x top_k of one timeline (the size of its JSON)
 FRAME_BUDGET_S = 64.0  # audio held as windows at once while a timeline is scanned
 DEFAULT_TIMELINE_BLOCK_S = 30.0  # decoding block of a timeline when the budget allows
+MIN_PCM_RATE = 1000  # slowest sample rate of raw PCM sent to a stream
+MAX_PCM_RATE = 384_000  # fastest
+MAX_PCM_CHANNELS = 32  # channels of raw PCM (interleaved, averaged to mono)
 
 
 class LimitError(EarshotError, ValueError):
@@ -110,6 +113,16 @@ def check_threshold(threshold: float | None) -> float | None:
     if not 0.0 <= t <= 1.0:
         raise LimitError("threshold", (0.0, 1.0), "threshold must be between 0 and 1")
     return t
+
+
+def check_pcm(rate: int, channels: int) -> tuple[int, int]:
+    """Raw PCM's sample rate (`MIN_PCM_RATE` to `MAX_PCM_RATE` Hz) and channels (1 to `MAX_PCM_CHANNELS`)."""
+    for param, value, low, high in (("rate", rate, MIN_PCM_RATE, MAX_PCM_RATE),
+                                    ("channels", channels, 1, MAX_PCM_CHANNELS)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+            raise LimitError(param, (low, high), f"{param} must be an integer between {low} and {high}, "
+                             f"got {value!r}")
+    return int(rate), int(channels)
 
 
 def check_max_seconds(max_seconds: float | None) -> float | None:

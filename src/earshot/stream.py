@@ -42,7 +42,7 @@ from earshot.errors import EarshotError
 from earshot.events import EventTracker
 from earshot.prediction import Event
 
-__all__ = ["EventTracker", "RAW_FORMATS", "URL_SCHEMES", "run", "stream"]
+__all__ = ["EventTracker", "RAW_FORMATS", "URL_SCHEMES", "classify_feed", "run", "stream"]
 
 
 class _Ring:
@@ -115,15 +115,19 @@ def stream(
 
         clf = Classifier.load(model)
     allowed = clf.class_mask(classes, exclude) if hasattr(clf, "class_mask") else None
-    return _generate(lambda: src.open(mic_block=min(hop, 0.05)), src.name, clf, window=window, hop=hop,
-                     threshold=threshold, top_k=top_k, min_duration=min_duration, max_seconds=max_seconds,
-                     on_segment=on_segment, event_starts=event_starts, allowed=allowed)
+    return classify_feed(lambda: src.open(mic_block=min(hop, 0.05)), src.name, clf, window=window, hop=hop,
+                         threshold=threshold, top_k=top_k, min_duration=min_duration, max_seconds=max_seconds,
+                         on_segment=on_segment, event_starts=event_starts, allowed=allowed)
 
 
-def _generate(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, window: float, hop: float,
-              threshold: float | None, top_k: int, min_duration: float, max_seconds: float | None,
-              on_segment: Callable[[dict[str, Any]], None] | None, event_starts: bool,
-              allowed: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, window: float = 1.0,
+                  hop: float = 0.5, threshold: float | None = None, top_k: int = 3, min_duration: float = 0.0,
+                  max_seconds: float | None = None, on_segment: Callable[[dict[str, Any]], None] | None = None,
+                  event_starts: bool = True, allowed: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+    """The records of an opened feed (`open_feed()` is called when iteration starts) classified by the loaded
+    classifier `clf`: what :func:`stream` yields, for callers that bring their own source of chunks (the
+    server's WebSocket). Arguments are :func:`stream`'s, already checked; `allowed`: `clf.class_mask(...)`.
+    A chunk iterator that raises ends the records with an error record, as a failing source does."""
     sr = clf.sample_rate
     w, h = max(1, round(window * sr)), max(1, round(hop * sr))
     limit = None if max_seconds is None else max(1, round(max_seconds * sr))

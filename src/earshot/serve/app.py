@@ -1,4 +1,5 @@
-"""HTTP server: REST `/v1` (predict, spectrogram, models, train, jobs, samples, search), /healthz, /metrics, page.
+"""HTTP server: REST `/v1` (predict, spectrogram, models, train, jobs, samples, search), the WebSocket
+`/v1/stream`, /healthz, /metrics, page.
 
 A shell only: decoding, features and inference live in `earshot.Classifier`. `create_app` builds the shared
 objects (model store, inference pool, jobs), puts them on `app.state` for `earshot.serve.deps`, and assembles
@@ -21,9 +22,10 @@ from earshot.serve.inference import Inference
 from earshot.serve.jobs import JobRunner, JobStore
 from earshot.serve.metrics import Metrics
 from earshot.serve.middleware import Admission, ApiKeys, BodyLimit, RequestMetrics
-from earshot.serve.routers import meta, models, pages, predict, samples, search, train
+from earshot.serve.routers import meta, models, pages, predict, samples, search, stream, train
 from earshot.serve.settings import Settings
 from earshot.serve.store import ModelStore
+from earshot.serve.streaming import Streams
 
 log = logging.getLogger("earshot.serve")
 
@@ -52,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
     app.state.inference, app.state.limiter = inference, inference.limiter
     app.state.jobs, app.state.runner = jobs, runner
+    app.state.streams = streams = Streams(settings.max_streams)
     _register_gauges(metrics, inference, store, jobs)
+    metrics.gauge("earshot_streams_open", "WebSocket streams open (/v1/stream).", lambda: streams.open)
 
     app.add_middleware(Admission, inference=inference, default_model=store.default)
     app.add_middleware(ApiKeys, keys=settings.api_keys)
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(train.router)
     app.include_router(samples.router)
     app.include_router(search.router)
+    app.include_router(stream.router)
     app.include_router(meta.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
@@ -101,6 +106,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.runner.stop()
         state.inference.shutdown()
+        state.streams.shutdown()
         state.jobs.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from contextlib import suppress
 from typing import Any
@@ -78,7 +79,8 @@ class RequestMetrics:
 
 
 class ApiKeys:
-    """401 for `/v1/*` and `/metrics` without a valid key (`X-API-Key` or `Authorization: Bearer`)."""
+    """401 for `/v1/*` and `/metrics` without a valid key (`X-API-Key` or `Authorization: Bearer`); a WebSocket
+    under `/v1/` may also give it as `?api_key=`, and without one gets an error record and close code 1008."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
@@ -90,9 +92,23 @@ class ApiKeys:
         auth = headers.get(b"authorization", b"")
         if not given and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
+        if not given and scope["type"] == "websocket" and scope.get("query_string"):
+            # browsers cannot set headers on a WebSocket: `?api_key=` there (never for HTTP, where it would leak
+            # into logs and caches)
+            given = (parse_qs(scope["query_string"].decode("latin-1")).get("api_key") or [""])[0].encode()
         return bool(given) and any(hmac.compare_digest(given, k) for k in self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ws = scope["type"] == "websocket" and self.keys and scope["path"].startswith("/v1/")
+        if ws and not self.authorized(scope):  # accepted, told why in an error record, closed (1008)
+            await receive()
+            err = {"type": "AuthError", "reason": "unauthorized",
+                   "message": "missing or invalid API key (X-API-Key, Bearer or ?api_key=)"}
+            record = {"type": "error", "source": "stream", "at": 0.0, "error": err}
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": json.dumps(record)})
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] == "http" and self.keys:
             path = scope["path"]
             needs_key = path.startswith("/v1/") or path == "/metrics"

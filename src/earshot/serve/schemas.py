@@ -169,6 +169,9 @@ class Health(BaseModel):
     models_loaded: list[str]
     inference_slots_used: int
     inference_slots: int
+    streams_open: int = Field(description="WebSocket streams open on /v1/stream")
+    max_streams: int
+    max_upload_bytes: int = Field(description="largest upload /v1/predict takes; the page streams bigger files")
 
 
 class SearchHit(BaseModel):

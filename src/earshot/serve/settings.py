@@ -43,6 +43,14 @@ class Settings:
     train_workers: int = 1
     train_timeout_s: float = 3600.0
     max_top_k: int = 100
+    max_streams: int = 0  # WebSocket streams open at once (/v1/stream); 0 = 32 x cores
+    max_stream_s: float = 0.0  # audio seconds one stream may send; 0 = no bound (memory is bounded anyway)
+    stream_backlog_s: float = 30.0  # audio queued for scoring before the socket is no longer read
+    stream_idle_timeout_s: float = 60.0  # a stream that sends nothing this long ends (error reason idle)
+    stream_max_frame_mb: float = 4.0  # largest binary frame
+    stream_max_pending: int = 1000  # records made but not yet taken by the client: past it, a slow consumer
+    stream_send_timeout_s: float = 10.0  # a record the client does not take within this long: a slow consumer
+    stream_linger_s: float = 30.0  # a stopped stream's last record and close wait this long for a slow client
 
     def __post_init__(self) -> None:
         home = earshot_home()
@@ -56,6 +64,7 @@ class Settings:
         self.max_queue = self.max_queue if self.max_queue >= 0 else 4 * self.max_inflight
         self.ort_threads = self.ort_threads if self.ort_threads > 0 else max(1, cores // self.max_inflight)
         self.max_audio_s = self.max_audio_s if self.max_audio_s > 0 else math.inf
+        self.max_streams = self.max_streams if self.max_streams > 0 else 32 * cores
 
     @property
     def max_upload_bytes(self) -> int:

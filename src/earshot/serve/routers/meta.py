@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from earshot.serve import schemas
@@ -25,7 +25,8 @@ def version() -> str:
 
 
 @router.get("/healthz", response_model=schemas.Health, summary="Liveness: always open")
-async def healthz(store: StoreDep, inference: InferenceDep) -> dict:
+async def healthz(request: Request, store: StoreDep, inference: InferenceDep) -> dict:
+    state = request.app.state
     return {
         "status": "ok",
         "version": version(),
@@ -33,6 +34,9 @@ async def healthz(store: StoreDep, inference: InferenceDep) -> dict:
         "models_loaded": store.loaded(),
         "inference_slots_used": inference.limiter.used,
         "inference_slots": inference.limiter.limit,
+        "streams_open": state.streams.open,
+        "max_streams": state.streams.limit,
+        "max_upload_bytes": state.settings.max_upload_bytes,
     }
 
 
