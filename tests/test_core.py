@@ -36,19 +36,50 @@ def test_frontend_matches_reference_logmel():
         assert np.abs(got - ref).max() < 1e-4
 
 
-def test_frontend_odd_lengths_match_direct_stft():
-    """The factorised DFT equals torch.stft power for lengths that do not fill the last chunk."""
+@pytest.mark.parametrize("config", ["efficientat", "cnn"])
+def test_frontend_odd_lengths_match_direct_stft(config):
+    """The factorised DFT equals torch.stft power for lengths that do not fill the last chunk, and the log-mel
+    equals the mel banks applied to it, with EfficientAT's settings and the compact CNN's."""
     torch = pytest.importorskip("torch")
-    from earshot.frontend import EfficientATMel
+    from earshot.frontend import EfficientATMel, kaldi_mel_banks, normalised_log
+    from earshot.models.cnn import CNN_FRONTEND
 
-    fe = EfficientATMel().eval()
-    x = torch.randn(3, 32000 + 123, generator=torch.Generator().manual_seed(1)) * 0.1
-    y = torch.nn.functional.pad((x[:, 1:] - 0.97 * x[:, :-1]).unsqueeze(1), (512, 512), mode="reflect").squeeze(1)
-    win = torch.hann_window(800, periodic=False)
-    ref = torch.stft(y, 1024, 320, 800, window=win, center=False, return_complex=True).abs() ** 2
+    kw = {} if config == "efficientat" else dict(CNN_FRONTEND)
+    fe = EfficientATMel(**kw).eval()
+    n_fft, hop, win_length = fe.n_fft, fe.hop, kw.get("win_length", 800)
+    x = torch.randn(3, fe.sample_rate + 123, generator=torch.Generator().manual_seed(1)) * 0.1
+    pad = n_fft // 2
+    y = torch.nn.functional.pad((x[:, 1:] - 0.97 * x[:, :-1]).unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+    win = torch.hann_window(win_length, periodic=False)
+    ref = torch.stft(y, n_fft, hop, win_length, window=win, center=False, return_complex=True).abs() ** 2
     got = fe.power(x).reshape(3, -1, fe.n_bins).transpose(1, 2)
     assert got.shape[2] == ref.shape[2] == fe.n_frames(x.shape[1])
     assert torch.allclose(got, ref[:, : fe.n_bins], rtol=1e-3, atol=1e-3)
+    banks = kaldi_mel_banks(fe.n_mels, n_fft, fe.sample_rate, kw.get("fmin", 0.0), kw.get("fmax", 15000.0))
+    mel = normalised_log(torch.from_numpy(banks).double() @ ref.double())
+    with torch.no_grad():
+        assert (fe(x).double() - mel).abs().max() < 1e-4
+
+
+def test_widened_stem_is_the_same_function():
+    """`widen_stem` (zero channels for onnxruntime's blocked convolutions) changes no output."""
+    torch = pytest.importorskip("torch")
+    from earshot.models.mobilenet import MobileNetAudio, widen_stem
+
+    net = MobileNetAudio().eval()
+    with torch.no_grad():
+        for m in net.modules():  # non-trivial statistics, so that a wrong padding would show
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.5, 0.5)
+        mel = torch.randn(2, 1, 128, 100)
+        ref = net(mel)
+        wide = widen_stem(net)
+        assert wide.features[0][0].out_channels == 16
+        got = wide(mel)
+    for a, b in zip(ref, got):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_model_port_reproduces_reference_scores_and_embeddings(tagger):

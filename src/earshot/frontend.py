@@ -5,8 +5,9 @@ way by construction. `EfficientATMel` reproduces the preprocessing of EfficientA
 pre-emphasis (0.97), centred reflect-padded STFT (n_fft 1024, symmetric Hann window 800, hop 320), power
 spectrum, Kaldi-style mel banks (128 bins, 0 Hz to 15 kHz at 32 kHz), then ``(log(mel + 1e-5) + 4.5) / 5``.
 
-The STFT is a two-stage Cooley-Tukey DFT (1024 = 64 x 16) written as matrix products: ONNX Runtime's own
-DFT/STFT kernels are several times slower than its GEMM, and a plain DFT matrix costs 4x more arithmetic.
+The STFT is a two-stage Cooley-Tukey DFT (1024 = 64 x 16) written as a grouped convolution and matrix products:
+ONNX Runtime's own DFT/STFT kernels are several times slower than its GEMM, and a plain DFT matrix costs 4x more
+arithmetic.
 """
 
 from __future__ import annotations
@@ -55,10 +56,23 @@ class EfficientATMel(nn.Module):
     """Waveform [batch, samples] at 32 kHz → normalised log-mel [batch, n_mels, frames].
 
     frames = 1 + (samples - 1) // hop (pre-emphasis drops one sample); inputs need at least hop samples.
+
+    The DFT is split as n = chunk * n1 + n2, k = k1 + outer * k2 (n_fft = outer * chunk):
+
+    - stage 1, the windowed DFT of size `outer` over n1 for each n2, is one grouped strided convolution over the
+      signal cut into chunks of `chunk` samples (group n2, stride hop / chunk): no framing copies. Only
+      k1 <= outer/2 are computed (the rest are conjugates);
+    - stage 2, per stage-1 row s: the twiddles and the DFT of size `chunk` over n2 for both k1 = s and
+      k1 = outer - s (conjugate symmetry), fused in one matrix per s ([32 x 32] here), one batched product;
+    - power, then the mel product split into bands of filters, each over only the k2 blocks its filters touch.
+
+    Every product keeps time as the last axis, so the log-mel comes out as [batch, n_mels, frames]; the only
+    copies are two transposes (samples into chunk channels, and between the stages). Against the former
+    per-offset slices, stacks and gathers this runs in about half the time on onnxruntime.
     """
 
-    chunk = 16  # inner DFT size: n = chunk * n1 + n2; n_fft = outer * chunk; hop must be a multiple of it
-    mel_groups = 8  # the mel product is split into bands of filters, each over only the bins it touches
+    chunk = 16  # inner DFT size; n_fft and hop must be multiples of it
+    mel_groups = 4  # bands of filters in the mel product
 
     def __init__(
         self,
@@ -77,12 +91,12 @@ class EfficientATMel(nn.Module):
             raise ValueError(f"n_fft and hop must be multiples of {c}")
         self.sample_rate, self.n_fft, self.hop, self.n_mels = sample_rate, n_fft, hop, n_mels
         self.preemphasis = preemphasis
+        self.register_buffer("emphasis", torch.tensor([[[-preemphasis, 1.0]]]), persistent=False)
         fmax = sample_rate // 2 - 1000 if fmax is None else fmax
         banks = kaldi_mel_banks(n_mels, n_fft, sample_rate, fmin, fmax)
-        outer = n_fft // c
-        self.outer = outer
-        # Bins k = k1 + outer * k2 (k1 < outer, k2 < n_k2) up to the last one a filter touches.
-        self.n_bins = int(np.nonzero(banks.any(axis=0))[0].max()) + 1
+        outer = self.outer = n_fft // c
+        half = self.half = outer // 2 + 1
+        self.n_bins = int(np.nonzero(banks.any(axis=0))[0].max()) + 1  # bins up to the last one a filter touches
         self.n_k2 = math.ceil(self.n_bins / outer)
 
         n = np.arange(win_length, dtype=np.float64)
@@ -92,60 +106,81 @@ class EfficientATMel(nn.Module):
         window = window.reshape(outer, c)
         rows = np.nonzero(window.any(axis=1))[0]  # chunks the window leaves at zero are never read
         self.j0, self.j1 = int(rows[0]), int(rows[-1]) + 1
-        self.register_buffer("window", _f32(window[self.j0 : self.j1, None, :]), persistent=False)
-
-        # Stage 1: real DFT of size `outer` across chunks; only k1 <= outer/2 (the rest are conjugates).
-        half = outer // 2 + 1
+        window = window[self.j0 : self.j1]  # [taps, chunk]
+        # Stage 1 as conv weights [chunk * half * 2, 1, taps]: group n2, output (s, re/im), tap j.
         ang = -2.0 * math.pi * np.outer(np.arange(half), np.arange(self.j0, self.j1)) / outer
-        self.register_buffer("stage1", _f32(np.concatenate([np.cos(ang), np.sin(ang)])), persistent=False)
-        self.half = half
-        # Stage 2, one matrix per k1: conjugate symmetry (k1 > outer/2 reads row outer-k1 with the imaginary
-        # part negated), twiddle W_N^(n2 k1) and the DFT of size `chunk` over n2, fused.
-        k1 = np.arange(outer)[:, None, None]
-        n2 = np.arange(c)[None, :, None]
-        k2 = np.arange(self.n_k2)[None, None, :]
-        theta = -2.0 * math.pi * (n2 * k1 / n_fft + n2 * k2 / c)
-        cos, sin = np.cos(theta), np.sin(theta)
-        sign = np.where(np.arange(outer) < half, 1.0, -1.0)[:, None, None]
-        self.register_buffer("stage2_re", _f32(np.concatenate([cos, sin], axis=2)), persistent=False)
-        self.register_buffer("stage2_im", _f32(sign * np.concatenate([-sin, cos], axis=2)), persistent=False)
-        self.register_buffer("source_row", torch.as_tensor(np.minimum(np.arange(outer), outer - np.arange(outer))),
-                             persistent=False)
-        # Banded mel product: contiguous groups of filters and the bin range each group touches.
+        dft = np.stack([np.cos(ang), np.sin(ang)], axis=1)  # [half, 2, taps]
+        stage1 = dft[None] * window.T[:, None, None, :]
+        self.register_buffer("stage1", _f32(stage1.reshape(c * half * 2, 1, -1)), persistent=False)
+
+        # Stage 2 per s: inputs (n2, re/im of s) → outputs (k2, pair p, re/im), p = 0: k1 = s, p = 1: k1 = outer - s
+        # (the conjugate of row s: its imaginary part negated). z = a * e^{-2 pi i n2 (k1 / n_fft + k2 / chunk)}.
+        n2, k2 = np.arange(c)[None, :], np.arange(self.n_k2)[:, None]
+        stage2 = np.zeros((half, self.n_k2, 2, 2, c, 2))  # [s, k2, p, out re/im, n2, in re/im]
+        weight = np.zeros((n_mels, half, self.n_k2, 2))  # mel weight of each (s, k2, p)
+        for s in range(half):
+            for p, (k1, sign) in enumerate(((s, 1.0), (outer - s, -1.0))):
+                if p and k1 in (s, outer):  # k1 = 0 and outer/2 have no conjugate partner
+                    continue
+                theta = -2.0 * math.pi * n2 * (k1 / n_fft + k2 / c)
+                cos, sin = np.cos(theta), np.sin(theta)
+                stage2[s, :, p, 0, :, 0], stage2[s, :, p, 0, :, 1] = cos, -sign * sin
+                stage2[s, :, p, 1, :, 0], stage2[s, :, p, 1, :, 1] = sin, sign * cos
+                bins = k1 + outer * k2[:, 0]
+                ok = bins < self.n_bins
+                weight[:, s, ok, p] = banks[:, bins[ok]]
+        self.register_buffer("stage2", _f32(stage2.reshape(half, -1, 2 * c)), persistent=False)
+        # index of each bin in the flattened (s, k2, p) power, for `power`
+        index = np.zeros(self.n_bins, dtype=np.int64)
+        for s in range(half):
+            for p, k1 in enumerate((s, outer - s)):
+                for kk in range(self.n_k2):
+                    b = k1 + outer * kk
+                    if b < self.n_bins and (p == 0 or k1 not in (s, outer)):
+                        index[b] = (s * self.n_k2 + kk) * 2 + p
+        self.register_buffer("bin_index", torch.as_tensor(index), persistent=False)
+        # Mel bands: contiguous filters, each band over the k2 blocks its filters touch.
         self.bands: list[tuple[int, int]] = []
         for g, filt in enumerate(np.array_split(np.arange(n_mels), self.mel_groups)):
             touched = np.nonzero(banks[filt].any(axis=0))[0]
-            lo, hi = int(touched.min()), int(touched.max()) + 1
+            lo, hi = int(touched.min()) // outer, int(touched.max()) // outer + 1
             self.bands.append((lo, hi))
-            self.register_buffer(f"mel_{g}", _f32(banks[filt][:, lo:hi].T), persistent=False)
+            self.register_buffer(f"mel_{g}", _f32(weight[filt][:, :, lo:hi].reshape(len(filt), -1)), persistent=False)
 
     def n_frames(self, n_samples: int) -> int:
         return 1 + (n_samples - 1) // self.hop
 
-    def power(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Power spectrum [batch * frames, bins] of the pre-emphasised, reflect-padded signal."""
+    def spectrum(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Stage-2 output [batch, half, n_k2 * 2 * 2, frames]: (k2, pair, re/im) of every stage-1 row."""
         b, c = waveform.shape[0], self.chunk
-        x = waveform[:, 1:] - self.preemphasis * waveform[:, :-1]
+        x = nn.functional.conv1d(waveform.unsqueeze(1), self.emphasis)  # x[n + 1] - preemphasis * x[n], one op
         pad = self.n_fft // 2
-        x = nn.functional.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        x = nn.functional.pad(x, (pad, pad), mode="reflect").squeeze(1)
         frames = (x.shape[1] - self.n_fft) // self.hop + 1
         step = self.hop // c
-        n_chunks = step * (frames - 1) + self.outer
-        chunks = x[:, : n_chunks * c].reshape(b, n_chunks, c)
-        span = step * (frames - 1) + 1
-        cols = torch.stack([chunks[:, j : j + span : step] for j in range(self.j0, self.j1)])  # [j, b, F, c]
-        cols = (cols.reshape(self.j1 - self.j0, b * frames, c) * self.window).reshape(self.j1 - self.j0, -1)
-        a = (self.stage1 @ cols).reshape(2, self.half, b * frames, c)
-        a_re, a_im = a[0][self.source_row], a[1][self.source_row]  # [outer, b*F, c]
-        z = torch.bmm(a_re, self.stage2_re) + torch.bmm(a_im, self.stage2_im)
-        p = z[..., : self.n_k2] ** 2 + z[..., self.n_k2 :] ** 2  # [k1, b*F, k2]
-        return p.permute(1, 2, 0).reshape(b * frames, self.n_k2 * self.outer)[:, : self.n_bins]
+        n_chunks = step * (frames - 1) + self.j1 - self.j0
+        chunks = x[:, self.j0 * c : (self.j0 + n_chunks) * c].reshape(b, n_chunks, c).transpose(1, 2)
+        a = nn.functional.conv1d(chunks, self.stage1, stride=step, groups=c)  # [b, c * half * 2, F]
+        a = a.reshape(b, c, self.half, 2, frames).transpose(1, 2).reshape(b, self.half, 2 * c, frames)
+        return self.stage2 @ a
+
+    def power(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Power spectrum [batch * frames, bins] of the pre-emphasised, reflect-padded signal."""
+        p = self.spectral_power(waveform)
+        b, frames = p.shape[0], p.shape[-1]
+        return p.reshape(b, -1, frames)[:, self.bin_index].permute(0, 2, 1).reshape(b * frames, self.n_bins)
+
+    def spectral_power(self, waveform: torch.Tensor) -> torch.Tensor:
+        """|X|^2 [batch, half, n_k2 * 2, frames]: (k2, pair) of every stage-1 row."""
+        z = self.spectrum(waveform)
+        b, frames = z.shape[0], z.shape[-1]
+        return (z * z).reshape(b, self.half, -1, 2, frames).sum(dim=3)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        b = waveform.shape[0]
-        p = self.power(waveform)
-        mel = torch.cat([p[:, lo:hi] @ getattr(self, f"mel_{g}") for g, (lo, hi) in enumerate(self.bands)], dim=1)
-        mel = mel.reshape(b, -1, self.n_mels).transpose(1, 2)
+        p = self.spectral_power(waveform)
+        b, frames = p.shape[0], p.shape[-1]
+        mel = torch.cat([getattr(self, f"mel_{g}") @ p[:, :, 2 * lo : 2 * hi].reshape(b, -1, frames)
+                         for g, (lo, hi) in enumerate(self.bands)], dim=1)
         return normalised_log(mel)
 
 

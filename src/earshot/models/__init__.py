@@ -96,11 +96,25 @@ def list_models() -> list[dict[str, Any]]:
     return rows
 
 
+# Bumped when the exported graph of registry bundles changes (2: the convolutional front-end and the widened
+# stem); an older bundle is rebuilt where torch is installed, and kept (it still works) where it is not.
+BUILD = 2
+
+
+def _current(out: Path) -> bool:
+    if read_bundle(out).card.get("build") == BUILD:
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is None
+
+
 def pull(name: str, force: bool = False) -> Path:
-    """Bundle directory of a registry model, building it from the verified weights if needed."""
+    """Bundle directory of a registry model, building it from the verified weights if needed (or when it was
+    built by an older `BUILD`)."""
     s = spec(name)
     out = models_dir() / name
-    if is_bundle(out) and not force:
+    if is_bundle(out) and not force and _current(out):
         return out
     weights = fetch(s.filename, s.url, s.sha256)
     try:
@@ -129,8 +143,14 @@ def pull(name: str, force: bool = False) -> Path:
         "source": s.source,
         "weights": {"url": s.url, "sha256": s.sha256},
         "license": s.license,
+        "build": BUILD,
     }
-    return export_bundle(s.build(weights), out, card)
+    model = s.build(weights)
+    from earshot.models.mobilenet import MobileNetAudio, widen_stem
+
+    if isinstance(getattr(model, "backbone", None), MobileNetAudio):
+        widen_stem(model.backbone)  # same function, faster graph on onnxruntime
+    return export_bundle(model, out, card)
 
 
 def resolve(model: str | Path) -> Path:

@@ -141,3 +141,41 @@ class MobileNetAudio(nn.Module):
         x = self.features(mel)
         embedding = x.mean(dim=(2, 3))
         return self.classifier(x), embedding
+
+
+def _widened(layer: ConvBNAct, cin: int, cout: int) -> ConvBNAct:
+    """`layer` with zero input channels appended up to `cin` and zero output channels up to `cout` (a depthwise
+    layer stays depthwise); the added outputs are exactly 0 after BatchNorm and the activation."""
+    conv, bn = layer[0], layer[1]
+    depthwise = conv.groups > 1
+    act = type(layer[2]) if len(layer) > 2 else None
+    new = ConvBNAct(cin, cout, conv.kernel_size[0], conv.stride[0], groups=cout if depthwise else 1, act=act)
+    new_conv, new_bn = new[0], new[1]
+    with torch.no_grad():
+        new_conv.weight.zero_()
+        new_conv.weight[: conv.out_channels, : conv.weight.shape[1]] = conv.weight
+        new_bn.weight.zero_()
+        new_bn.bias.zero_()
+        new_bn.running_mean.zero_()
+        new_bn.running_var.fill_(1.0)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new_bn, name)[: bn.num_features] = getattr(bn, name)
+    new_bn.eps = bn.eps
+    return new.train(layer.training)
+
+
+def widen_stem(net: MobileNetAudio, channels: int = 16) -> MobileNetAudio:
+    """The same function with the stem and the first bottleneck (8 channels at width 0.4) widened with zero
+    channels to `channels`, in place: onnxruntime's blocked (NCHWc) convolutions work on 16 channels at a time
+    on AVX-512, and an 8-channel tensor at the highest resolution made it reorder to and from plain layout around
+    slow kernels. For export only: the state dict no longer matches the checkpoint."""
+    stem, first, second = net.features[0], net.features[1], net.features[2]
+    narrow = stem[0].out_channels
+    if narrow >= channels or not first.residual or len(first.block) != 2:
+        return net
+    net.features[0] = _widened(stem, 1, channels)
+    first.block[0] = _widened(first.block[0], channels, channels)
+    first.block[1] = _widened(first.block[1], channels, channels)
+    head = second.block[0]
+    second.block[0] = _widened(head, channels, head[0].out_channels)
+    return net
