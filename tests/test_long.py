@@ -75,3 +75,30 @@ def test_one_hour_file_predicts_in_bounded_memory(tmp_path):
     assert pred["duration"] == 3600.0 and pred["error"] is None
     assert {"Dog", "Rain"} & set(pred["labels"]), pred
     assert int(rss_kb) < 300 * 1024, f"peak RSS {int(rss_kb) / 1024:.0f} MB for a 1-hour file"
+
+
+def test_embed_windows_is_bounded_like_a_timeline(tagger):
+    """Window embeddings (indexing, search queries) take the timeline's bounds: hop, input length, deadline and
+    cancellation stop the work with a typed error instead of running on."""
+    import threading
+    import time
+
+    from earshot.errors import AudioError
+    from earshot.limits import Cancelled, LimitError
+
+    dog = esc50_clip("dog")
+    starts, emb = tagger.embed_windows(dog, window=1.0, hop=0.5)
+    assert len(starts) == len(emb) == 9 and emb.shape[1] > 100
+    with pytest.raises(LimitError) as e:
+        tagger.embed_windows(dog, window=1.0, hop=0.0001)
+    assert e.value.param == "hop"
+    with pytest.raises(AudioError) as e:
+        tagger.embed_windows(dog, max_seconds=2.0)
+    assert e.value.reason == "too_long"
+    with pytest.raises(Cancelled) as e:
+        tagger.embed_windows(dog, deadline=time.monotonic() - 1)
+    assert e.value.reason == "deadline"
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(Cancelled):
+        tagger.embed_windows(dog, cancel=gone)

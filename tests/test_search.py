@@ -16,7 +16,7 @@ import pytest
 from conftest import esc50_clip
 from s3server import s3_fixture  # noqa: F401  (provides the `s3` fixture)
 from test_serve import running_server
-from test_web import ARTIFACTS, browser  # noqa: F401  (`browser` is a fixture)
+from test_web import ARTIFACTS, browser, playwright  # noqa: F401  (`browser`, `playwright` are fixtures)
 
 from earshot.search import SearchError, SearchIndex, index_sources, query_embeddings, search
 from earshot.search.index import writer_lock

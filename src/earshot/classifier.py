@@ -373,16 +373,24 @@ class Classifier:
         return self._clip_rows(y, "embedding").mean(axis=0)
 
     def embed_windows(self, source: Source, *, window: float = 1.0, hop: float | None = None,
-                      title: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      title: str | None = None, max_seconds: float | None = None, deadline: float | None = None,
+                      cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-window embeddings of an input, streamed like `timeline`: (starts in seconds [n], embeddings
-        [n, dim]). A clip shorter than one window is one row of its own length (padded to `min_seconds`)."""
+        [n, dim]). A clip shorter than one window is one row of its own length (padded to `min_seconds`).
+
+        Bounded like `timeline` (`earshot.limits`): window, hop and the number of windows are checked (LimitError)
+        and at most `limits.FRAME_BUDGET_S` seconds of windows are held at once; `max_seconds` refuses longer
+        inputs; past `deadline` (`time.monotonic()`) or once `cancel` is set the scan stops with `Cancelled`."""
         title = title or source_title(source)
-        hop = hop or window
+        window, hop = limits.check_timeline(window, hop or window)
+        max_seconds = limits.check_max_seconds(max_seconds)
         sr = self.sample_rate
         w, h = int(round(window * sr)), max(1, int(round(hop * sr)))
         windows = clips.Windows(w, h, one_pass=w - 1, tail="end", min_samples=self._min_samples)
         starts, rows = [], []
-        for s, r in self._scan(source, title, windows, "embedding", block_seconds=max(30.0, 4 * window)):
+        for s, r in self._scan(source, title, windows, "embedding", limits.timeline_block_seconds(window, hop),
+                               max_seconds=max_seconds, stop=limits.stopper(deadline, cancel),
+                               segments=limits.check_segments):
             starts.append(s)
             rows.append(r)
         return np.concatenate(starts).astype(np.float64) / sr, np.concatenate(rows)

@@ -63,15 +63,16 @@ def load_classifier(index: SearchIndex, load: Callable[[str], Classifier] | None
 
 
 def query_embeddings(index: SearchIndex, query: Source, clf: Classifier | None = None,
-                     title: str | None = None) -> np.ndarray:
+                     title: str | None = None, **bounds: Any) -> np.ndarray:
     """The window embeddings of a query: an id of the index (its stored vectors) or audio (embedded with the
-    index's model, window and hop, silent windows left out as when indexing)."""
+    index's model, window and hop, silent windows left out as when indexing). `bounds`: `max_seconds`,
+    `deadline`, `cancel` of `Classifier.embed_windows`."""
     if isinstance(query, str) and query in index.files and index.vectors is not None:
         return index.vectors.vectors(index.files[query].rows())
     if isinstance(query, str | os.PathLike) and not os.path.exists(query) and not str(query).startswith("s3://"):
         raise SearchError("neither a file nor an id in the index", source=str(query), reason="not_found")
     clf = clf or load_classifier(index)
-    _, emb = clf.embed_windows(query, window=index.window, hop=index.hop, title=title)
+    _, emb = clf.embed_windows(query, window=index.window, hop=index.hop, title=title, **bounds)
     return emb[audible(clf, index.window, emb)]
 
 

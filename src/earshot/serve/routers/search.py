@@ -66,14 +66,16 @@ async def search(
         data, title = await _read_audio(request)
         uploads.check_audio(data, title)
 
-    def work(_ticket) -> dict:
+    def work(ticket) -> dict:
         idx = found.get(name)
         if id is not None:
             if id not in idx.files:
                 raise ApiError(404, "NotFound", "not_found", f"no file {id!r} in index {name!r}")
             queries = query_embeddings(idx, id)
         else:
-            queries = query_embeddings(idx, data, load_classifier(idx, _loader(store)), title=title)
+            queries = query_embeddings(idx, data, load_classifier(idx, _loader(store)), title=title,
+                                       max_seconds=settings.max_audio_s, deadline=ticket.deadline,
+                                       cancel=ticket.cancel)
         hits = run_search(idx, queries, k)
         return {"results": [{"id": h.id, "score": h.score, "start": h.start, "end": h.end,
                              "url": found.playable(h.source)} for h in hits],
