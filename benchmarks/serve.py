@@ -105,8 +105,10 @@ class RawClient:
             self.reader = self.writer = None
 
 
-async def load(base: str, data: list[bytes], clients: int, seconds: float, kind: str = "raw") -> dict:
-    """`clients` closed loops posting clips for `seconds`; returns latencies by status and the client's CPU."""
+async def load(base: str, data: list[bytes], clients: int, seconds: float, kind: str = "raw",
+               retry_after: float = 0.0) -> dict:
+    """`clients` closed loops posting clips for `seconds`; returns latencies by status and the client's CPU.
+    `retry_after`: seconds a client waits after a 503 before its next request (0: it retries at once)."""
     lat: dict[int, list[float]] = {}
     errors: list[str] = []
     stop = time.perf_counter() + seconds
@@ -127,6 +129,8 @@ async def load(base: str, data: list[bytes], clients: int, seconds: float, kind:
                         r = await hc.post("/v1/predict", content=data[k % len(data)], params={"title": f"clip{k}.wav"})
                         status = r.status_code
                     lat.setdefault(status, []).append(time.perf_counter() - t0)
+                    if status == 503 and retry_after:
+                        await asyncio.sleep(retry_after)
                 except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError) as e:
                     errors.append(type(e).__name__)
                 k += clients
@@ -272,6 +276,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=10.0, help="server request timeout (EARSHOT_REQUEST_TIMEOUT_S)")
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw")
     ap.add_argument("--no-hostile", action="store_true", help="skip the hostile requests")
+    ap.add_argument("--retry", choices=("now", "after"), default="now",
+                    help="overload clients retry a 503 at once (now) or after its Retry-After (after)")
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
     port = args.port or free_port()
@@ -294,10 +300,13 @@ def main() -> None:
         slices: dict[str, list[dict]] = {"steady": [], "overload": []}
         for _ in range(args.slices):
             for name, n in (("steady", args.clients), ("overload", over)):
-                slices[name].append(measured(proc.pid, lambda n=n: asyncio.run(load(base, data, n, part, args.client))))
+                wait = float(args.retry == "after" and name == "overload") * health.get("retry_after_s", 1)
+                slices[name].append(measured(proc.pid, lambda n=n, w=wait: asyncio.run(
+                    load(base, data, n, part, args.client, w))))
         steady, res = merge(slices["steady"]), merge(slices["overload"])
         report(f"steady: {args.clients} clients, {args.seconds:g} s in {args.slices} slices", steady)
-        report(f"overload: {over} clients (4x the limit), {args.seconds:g} s in {args.slices} slices", res)
+        report(f"overload: {over} clients (4x the limit, retrying {args.retry}), {args.seconds:g} s in "
+               f"{args.slices} slices", res)
         slowest = max((max(v) for v in res["lat"].values()), default=0.0)
         print(
             f"  slowest answer {slowest:.2f} s vs timeout {args.timeout:g} s"

@@ -245,6 +245,9 @@ class Admission:
             return await self.app(scope, receive, send)
         ticket = self.inference.admit()
         if ticket is None:
+            hold = self.inference.settings.reject_hold_ms / 1000
+            if hold > 0:
+                await asyncio.sleep(hold)
             return await self.failure(scope, self.inference.overloaded())(scope, receive, send)
         scope[TICKET] = ticket
         held = True
