@@ -6,9 +6,20 @@
 (a) FSDD: 4 speakers → the 5th, for each held-out speaker and each lever.
 (b) Speech Commands v0.01 sample (30 words, official lists): validation-list clips, whose speakers never appear in
     training; accuracy on the words (the generated ``_silence_`` validation clips are left out of the figure).
-Levers: ``none`` (default flags), ``synth`` (``--synthesize``). Accuracy is the exported bundle's on onnxruntime
+Levers: ``none`` (default flags), ``synth`` (``--synthesize``), ``utt`` (``--input-norm utterance``), ``synth_utt``
+(both). Accuracy is the exported bundle's on onnxruntime
 (the card's validation metrics; as in benchmarks/train.py, the CNN keeps its best epoch on that split). Each row
 has wall and CPU seconds. Set OMP_NUM_THREADS=1 on a busy machine.
+
+Figures so far (CNN, 30 epochs max, seed 0, 2 shared cores). FSDD held-out speaker nicolas (--model cnn, scored in
+torch): default 0.824; --input-norm utterance 0.836; --synthesize with every take in every epoch (500 takes a
+digit: epochs 3.5 times as long; the earlier figure) 0.91; --synthesize with the per-epoch draw (as many
+synthetic takes as real clips each epoch) 0.870 in 533 s (jackson: 0.948 in 306 s, against 0.880), with
+--input-norm utterance too 0.862. Frozen mn04-as features + MLP head 0.396; that head then fine-tuned with the
+backbone for 2 epochs 0.472 (835 s). Utterance normalisation is not the default: windows holding the tail of a
+word get stretched to full contrast, and in a stream they open false events (the tail of "one" read as "seven").
+Speech Commands sample, 44 validation-list clips: default 0.295 (transfer kept, 37 s); --synthesize 0.909 (CNN,
+5010 synthetic takes, 2000 drawn each epoch, 187 s); with --input-norm utterance too 0.909 (200 s).
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import SPEAKERS, fsdd_csv  # noqa: E402
 
-LEVERS = {"none": {}, "synth": {"synthesize": True}}
+LEVERS = {"none": {}, "synth": {"synthesize": True}, "utt": {"input_norm": "utterance"},
+          "synth_utt": {"synthesize": True, "input_norm": "utterance"}}
 
 
 def words_accuracy(card: dict) -> tuple[float, int]:

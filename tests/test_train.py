@@ -70,6 +70,35 @@ def test_cnn_augmentation_varies_level_and_colouring():
     assert shape.diff(dim=1).abs().median() < 1.0
 
 
+def test_utterance_norm_cancels_the_recording_chain():
+    """`--input-norm utterance`: a fixed gain and a smooth equaliser (offsets on the log-mel) leave what the network
+    sees unchanged, on a real spoken digit; an unknown norm is refused."""
+    import math
+
+    import torch
+
+    from earshot.frontend import EfficientATMel
+    from earshot.models.cnn import CNN_FRONTEND
+    from earshot.training.cnn import UtteranceNorm
+
+    class Seen(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, x
+
+    y = earshot.audio.decode(FSDD / "recordings" / "3_theo_0.wav", 16000)
+    mel = EfficientATMel(**CNN_FRONTEND).eval()(torch.as_tensor(y[None]).float()).unsqueeze(1)
+    band = torch.linspace(0, 1, mel.shape[2]).view(1, 1, -1, 1)
+    offset = (12 + 6 * torch.cos(math.pi * band)) * math.log(10) / 10 / 5  # +12 dB, ±6 dB tilt, as log-mel units
+    norm = UtteranceNorm(Seen())
+    a, _ = norm(mel)
+    b, _ = norm(mel + offset)
+    kept = (a > norm.floor) & (b > norm.floor)
+    assert kept.float().mean() > 0.3 and torch.allclose(a[kept], b[kept], atol=0.05)
+    assert abs(float(mel.mean()) - float((mel + offset).mean())) > 0.5  # the raw inputs did differ
+    with pytest.raises(earshot.DataError, match="input-norm"):
+        fit(FSDD / "recordings", model="cnn", input_norm="cepstral", quiet=True)
+
+
 # ------------------------------------------------------------------------------------------------ layouts
 
 

@@ -34,6 +34,9 @@ def train(
     background: Annotated[bool | None, typer.Option("--background/--no-background",
                                                     help="Add a _silence_ class (default: on for Speech Commands "
                                                          "layouts and with --words).")] = None,
+    input_norm: Annotated[str, typer.Option(help="CNN input: none, or utterance (per-window mean and variance "
+                                            "normalisation of the log-mel; see the README's keyword section).")]
+    = "none",
     pooling: Annotated[str | None, typer.Option(help="Multi-label head: attention (default), mean or max. "
                                                 "Embedding files and multi-label data train one.")] = None,
     window: Annotated[float | None, typer.Option(help="Multi-label data: embedding window, seconds (1.0).")] = None,
@@ -57,7 +60,7 @@ def train(
         path = run_train(data, out, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
                          filters=tuple(filter_ or ()), label_regex=label_regex, group_regex=group_regex,
                          epochs=epochs, seed=seed, finetune=finetune, quiet=quiet, synthesize=synthesize,
-                         words=words, background=background,
+                         words=words, background=background, input_norm=input_norm,
                          **{k: v for k, v in (("pooling", pooling), ("window", window), ("hop", hop),
                                               ("endpoint_url", endpoint_url)) if v is not None})
     except EarshotError as e:

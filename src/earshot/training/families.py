@@ -7,7 +7,8 @@ Families:
   (standardise, dropout, weight decay) trained in torch with early stopping. ``finetune=True`` then unfreezes
   the backbone at a low learning rate (slow on CPU).
 - ``cnn`` (`earshot.training.cnn`): `CompactCNN` from scratch on a 16 kHz 64-mel front-end, fixed-length
-  windows (the clips' 95th duration percentile, 1-10 s), with `MelAugment` and mixup on the log-mel.
+  windows (the clips' 95th duration percentile, 1-10 s), with `MelAugment` and mixup on the log-mel;
+  ``input_norm="utterance"`` adds per-window mean and variance normalisation (`cnn.UtteranceNorm`).
 - ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like), or when
   transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
   few for a network from scratch); the better on validation is kept and the card says why.
@@ -35,7 +36,7 @@ from earshot import audio, clips
 from earshot.errors import AudioError, DataError
 from earshot.training import additions
 from earshot.training.card import write_bundle
-from earshot.training.cnn import Waves, train_cnn
+from earshot.training.cnn import NORMS, Waves, train_cnn
 from earshot.training.evaluation import metrics_for
 from earshot.training.features import transfer_features
 from earshot.training.loading import load_manifest
@@ -84,21 +85,24 @@ def fit(
     words: str | Sequence[str] | dict[str, str] | None = None,
     background: bool | None = None,
     synth_per_label: int | None = None,
+    input_norm: str = "none",
 ) -> Fit:
     """Everything `train` does short of exporting: manifest, features, split (or CV), candidates, choice."""
+    if input_norm not in NORMS:
+        raise DataError(f"--input-norm must be {' or '.join(NORMS)}, not {input_norm!r}", reason="bad_option")
     if model not in FAMILIES:
         raise DataError(f"--model must be one of {', '.join(FAMILIES)}, not {model!r}", reason="bad_option")
     log = Log(quiet, progress)
     with torch_settings():
         return _fit(data, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
                     filters=filters, label_regex=label_regex, group_regex=group_regex, epochs=epochs, seed=seed,
-                    finetune=finetune, log=log, adding={"synthesize": synthesize, "words": words,
+                    finetune=finetune, input_norm=input_norm, log=log, adding={"synthesize": synthesize, "words": words,
                                                         "background": background, "per_label": synth_per_label})
 
 
 def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | None, val_split: float | None,
          cv: int | None, filters: Sequence[str], label_regex: str | None, group_regex: str | None,
-         epochs: int | None, seed: int, finetune: bool, log: Log, adding: dict[str, Any]) -> Fit:
+         epochs: int | None, seed: int, finetune: bool, input_norm: str, log: Log, adding: dict[str, Any]) -> Fit:
     manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters)
     log(f"{manifest.layout} layout: {len(manifest)} clips, {len(manifest.labels)} classes"
         + (f", {len(manifest.skipped)} skipped" if manifest.skipped else ""), stage="manifest")
@@ -115,7 +119,7 @@ def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | N
     options = {"model": model, "val_fold": val_fold, "val_split": val_split, "cv": cv, "seed": seed,
                "max_epochs": epochs, "finetune": finetune, "synthesize": bool(adding["synthesize"])}
     common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
-              "log": log, "waves": waves}
+              "log": log, "waves": waves, "input_norm": input_norm}
     if not cv:
         tr, va = additions.split_real(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
         log(f"split: {len(tr)} train, {len(va)} validation", stage="split")
@@ -150,7 +154,7 @@ def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | N
 
 def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str, feats: np.ndarray | None,
              backbone: str, epochs: int | None, seed: int, finetune: bool, log: Log,
-             waves: Waves) -> tuple[list[Trained], Trained, str]:
+             waves: Waves, input_norm: str = "none") -> tuple[list[Trained], Trained, str]:
     """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
     candidates: list[Trained] = []
     why = f"--model {family}"
@@ -177,7 +181,7 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
                   "training clips a class → trained the CNN too"
     if with_cnn:
         decoded = waves.get(manifest, np.concatenate([tr, va]), log)
-        candidates.append(train_cnn(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log))
+        candidates.append(train_cnn(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log, norm=input_norm))
     chosen = max(candidates, key=lambda c: c.val_accuracy)  # first (transfer) wins ties
     if len(candidates) > 1:
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
@@ -220,7 +224,8 @@ def train(
     validation `val_fold`, else `val_split`, else the layout's official validation fold, else a stratified
     group-aware 20 %; `cv=K` for K-fold cross-validation (official folds when K equals their number), mean ± std
     in the card, the bundle being the best fold's model; `epochs` maximum (early stopping keeps the best);
-    `backbone`, `filters`, `label_regex`, `group_regex`, `seed`, `finetune`. Progress: one line per step on
+    `backbone`, `filters`, `label_regex`, `group_regex`, `seed`, `finetune`; `input_norm` ``none`` |
+    ``utterance`` (the CNN's input, `cnn.UtteranceNorm`). Progress: one line per step on
     stderr unless `quiet`; `progress(event_dict)` gets the same events. `name`: the card's name (default: out's
     folder name). Returns the bundle directory.
 
