@@ -375,3 +375,22 @@ def test_limits_checks():
     with pytest.raises(limits.Cancelled) as info:
         stop()
     assert info.value.reason == "cancelled"
+
+
+def test_rejections_are_held_only_under_a_retry_storm():
+    """A 503 waits `reject_hold_ms` (no CPU) only while rejections come faster than `reject_hold_above` a second:
+    clients that retry at once are slowed down, clients that honour Retry-After get their 503 at once."""
+    from earshot.serve.inference import Inference
+    from earshot.serve.metrics import Metrics
+    from earshot.serve.settings import Settings
+
+    inference = Inference(Settings(reject_hold_ms=30, reject_hold_above=100), Metrics())
+    try:
+        holds = [inference.reject_hold() for _ in range(150)]
+        assert holds[:100] == [0.0] * 100  # the first hundred in this second: no storm yet
+        assert set(holds[101:]) == {0.03}
+        calm = Inference(Settings(reject_hold_ms=30, reject_hold_above=100), Metrics())
+        assert [calm.reject_hold() for _ in range(20)] == [0.0] * 20
+        calm.shutdown()
+    finally:
+        inference.shutdown()

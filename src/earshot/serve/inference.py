@@ -78,6 +78,21 @@ class Inference:
         self.settings, self.metrics = settings, metrics
         self.limiter = Limiter(settings.max_inflight + settings.max_queue)
         self.pool = ThreadPoolExecutor(max_workers=settings.max_inflight, thread_name_prefix="earshot-infer")
+        self._second, self._this, self._last = 0, 0, 0  # rejections counted per second (this one, the last)
+
+    def reject_hold(self) -> float:
+        """Seconds to hold a 503 before sending it (called once per rejection, on the event loop): while
+        rejections come faster than `reject_hold_above` a second (clients retrying at once, not after
+        Retry-After) each waits `reject_hold_ms` without using CPU, so that rejecting does not crowd out
+        answering; otherwise none."""
+        now = time.monotonic()
+        second = int(now)
+        if second != self._second:
+            self._last = self._this if second == self._second + 1 else 0
+            self._second, self._this = second, 0
+        self._this += 1
+        rate = self._this + self._last * (1.0 - (now - second))  # rejections in the last second, about
+        return self.settings.reject_hold_ms / 1000 if rate > self.settings.reject_hold_above else 0.0
 
     def admit(self) -> Ticket | None:
         """A ticket for a new request, or None when every slot is taken (counted as an overload rejection)."""

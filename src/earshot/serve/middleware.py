@@ -245,7 +245,7 @@ class Admission:
             return await self.app(scope, receive, send)
         ticket = self.inference.admit()
         if ticket is None:
-            hold = self.inference.settings.reject_hold_ms / 1000
+            hold = self.inference.reject_hold()
             if hold > 0:
                 await asyncio.sleep(hold)
             return await self.failure(scope, self.inference.overloaded())(scope, receive, send)
