@@ -5,6 +5,7 @@ Tests that need the speech synthesisers fail (rather than skip) under CI, which 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -19,6 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import websockets
+from apiserver import server_process
 from conftest import DATA
 
 from earshot.events import EventTracker
@@ -146,6 +149,24 @@ def test_keywords_in_continuous_audio_stream_with_timestamps(digits_bundle, tmp_
     quiet = [s for s in segments if all(abs((s["start"] + s["end"]) / 2 - c) > 1.0 for _, c in truth)]
     assert quiet and all(s["labels"][0] == "_silence_" for s in quiet)  # an outcome, not a forced digit
     assert records[-1]["type"] == "summary" and records[-1]["events"] == 3
+
+    # the same audio streamed into a server's WebSocket, the bundle picked by name: the same keyword events
+    shutil.copytree(digits_bundle, tmp_path / "models" / "digits")
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+    async def over_websocket(base: str) -> list[dict]:
+        url = base.replace("http://", "ws://") + f"/v1/stream?model=digits&rate={sr}&format=s16le&hop={hop}"
+        async with websockets.connect(url) as ws:
+            for i in range(0, len(pcm), 3200):
+                await ws.send(pcm[i: i + 3200])
+            await ws.send('{"type": "end"}')
+            return [json.loads(m) async for m in ws]
+
+    with server_process(tmp_path) as (base, _pid):
+        live = asyncio.run(over_websocket(base))
+    assert live[0]["type"] == "ready" and live[0]["model"] == card["name"] and "_silence_" in live[0]["labels"]
+    assert [(e["label"], e["start"], e["end"]) for e in live if e["type"] == "event"] == [
+        (e["label"], e["start"], e["end"]) for e in events]
 
 
 @pytest.fixture(scope="module")
