@@ -223,7 +223,8 @@ def test_health_metrics_docs_page(client):
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "earshot" in page.text
-    for asset in ("/static/app.js", "/static/app.css", "/static/favicon.svg"):
+    for asset in ("/static/app.js", "/static/live.js", "/static/listen-worklet.js", "/static/app.css",
+                  "/static/favicon.svg"):
         body = client.get(asset)
         assert body.status_code == 200
         assert "https://" not in body.text and "http://" not in body.text.replace("http://www.w3.org", "")
