@@ -22,7 +22,7 @@ import soundfile as sf
 import soxr
 import websockets
 from apiserver import server_process
-from conftest import DATA
+from conftest import DATA, esc50_clip
 
 from earshot.events import EventTracker
 from earshot.training import keywords, synthesis
@@ -215,3 +215,26 @@ def test_speech_commands_layout_trains_keywords_with_background(speech_commands_
     metrics = evaluate(bundle, speech_commands_small, val_fold="validation")
     assert metrics["n"] == sum(1 for line in (speech_commands_small / "validation_list.txt").read_text().split())
     assert set(metrics["per_class"]) == set(card["labels"])
+
+
+def test_synthetic_voices_are_on_by_default_for_keyword_data(speech_commands_small, tmp_path):
+    """Without --synthesize/--no-synthesize, a Speech Commands layout (or --words) gets synthetic voices when a
+    synthesiser is installed; other data does not, and --no-synthesize turns them off."""
+    need_engine("espeak-ng")
+    from earshot.training import additions
+    from earshot.training.loading import load_manifest
+
+    m = load_manifest(speech_commands_small)
+    added = additions.add(m, per_label=2)
+    assert added.synthetic is not None and added.synthetic["per_label"] == {w: 2 for w in ("no", "up", "wow", "yes")}
+    assert sum(1 for it in m.items if "synthetic" in it.extra) == 8
+    off = load_manifest(speech_commands_small)
+    assert additions.add(off, per_label=2, synthesize=False).synthetic is None
+    folders = tmp_path / "sounds"
+    for category in ("dog", "rooster"):
+        (folders / category).mkdir(parents=True)
+        for i in range(2):
+            shutil.copy(esc50_clip(category, i), folders / category)
+    plain = load_manifest(folders)
+    assert additions.add(plain, per_label=2).synthetic is None and additions.add(
+        plain, per_label=2).keywords is None

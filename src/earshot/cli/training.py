@@ -27,8 +27,11 @@ def train(
     epochs: Annotated[int | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
     finetune: Annotated[bool, typer.Option(help="Unfreeze the backbone at a low learning rate.")] = False,
-    synthesize: Annotated[bool, typer.Option(help="Add synthetic spoken examples of each label's word "
-                                             "(espeak-ng, flite, festival).")] = False,
+    synthesize: Annotated[bool | None, typer.Option("--synthesize/--no-synthesize",
+                                                    help="Add synthetic spoken examples of each label's word "
+                                                         "(espeak-ng, flite, festival; default: on for Speech "
+                                                         "Commands layouts and with --words when one is "
+                                                         "installed).")] = None,
     words: Annotated[str | None, typer.Option(help="Keywords, optionally with what to say: 'yes,no,sheila=shayla'; "
                                               "other labels become _unknown_.")] = None,
     background: Annotated[bool | None, typer.Option("--background/--no-background",

