@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs, app.state.runner = jobs, runner
     app.state.streams = streams = Streams(settings.max_streams)
     _register_gauges(metrics, inference, store, jobs)
-    metrics.gauge("earshot_streams_open", "WebSocket streams open (/v1/stream).", lambda: streams.open)
+    metrics.gauge("earshot_streams_open", "WebSocket streams open (/v1/stream).", lambda: streams.used)
 
     app.add_middleware(Admission, inference=inference, default_model=store.default)
     app.add_middleware(ApiKeys, keys=settings.api_keys)

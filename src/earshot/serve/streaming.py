@@ -32,35 +32,26 @@ import numpy as np
 
 from earshot.audio import live, pcm
 from earshot.errors import AudioError
+from earshot.serve.inference import Limiter
 
 MAX_ABS_SAMPLE = 1e4  # float PCM past this magnitude is not audio (full scale is 1.0)
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
 CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003  # a frame of a kind the stream does not take
 CLOSE_INVALID = 1007  # payload that is not audio / not a message we know
 CLOSE_POLICY = 1008  # no valid API key, bad parameters, slow consumer, idle
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013  # overloaded
 
 
-class Streams:
-    """Admission of streams: at most `limit` open at once, each with a thread of its own (mostly waiting for
-    audio; model calls are short and onnxruntime releases the GIL)."""
+class Streams(Limiter):
+    """Admission of streams (`try_acquire` / `release`, on the event loop): at most `limit` open at once, each
+    with a thread of its own from `pool` (mostly waiting for audio; model calls are short and onnxruntime releases
+    the GIL)."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open = 0
+        super().__init__(limit)
         self.pool = ThreadPoolExecutor(max_workers=max(1, limit), thread_name_prefix="earshot-stream")
-
-    def try_open(self) -> bool:  # on the event loop only
-        if self.open >= self.limit:
-            return False
-        self.open += 1
-        return True
-
-    def close(self) -> None:
-        self.open -= 1
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

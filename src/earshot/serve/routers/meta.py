@@ -34,7 +34,7 @@ async def healthz(request: Request, store: StoreDep, inference: InferenceDep) ->
         "models_loaded": store.loaded(),
         "inference_slots_used": inference.limiter.used,
         "inference_slots": inference.limiter.limit,
-        "streams_open": state.streams.open,
+        "streams_open": state.streams.used,
         "max_streams": state.streams.limit,
         "max_upload_bytes": state.settings.max_upload_bytes,
     }

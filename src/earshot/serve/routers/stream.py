@@ -108,7 +108,7 @@ async def stream(ws: WebSocket) -> None:
         state.metrics.error("/v1/stream", type(e).__name__)
         return await _refuse(ws, _error_record(name, 0.0, e), CLOSE_POLICY)
     streams = state.streams
-    if not streams.try_open():
+    if not streams.try_acquire():
         state.metrics.reject("overload")
         err = StreamError(f"server busy: {streams.limit} streams open; retry shortly", source=name,
                           reason="overloaded")
@@ -116,7 +116,7 @@ async def stream(ws: WebSocket) -> None:
     try:
         farewell = await _session(ws, state, settings, opts)
     finally:
-        streams.close()
+        streams.release()
     if farewell is not None:  # the stream's slot is free; its last record waits for a slow client a while
         await _refuse(ws, *farewell, timeout=settings.stream_linger_s)
 
@@ -164,7 +164,7 @@ async def _session(ws: WebSocket, state: Any, settings: Settings, opts: dict[str
     try:
         await _send_records(ws, bridge, settings.stream_send_timeout_s)
         await asyncio.gather(worker, return_exceptions=True)
-        return _ending(state, bridge, receiver, opts["rate"])
+        return _ending(state, bridge, opts["rate"])
     finally:
         bridge.stop()
         receiver.cancel()
@@ -188,9 +188,9 @@ async def _send_records(ws: WebSocket, bridge: Bridge, timeout: float) -> None:
             bridge.stop()
 
 
-def _ending(state: Any, bridge: Bridge, receiver: asyncio.Task, rate: int) -> tuple[dict[str, Any] | None, int] | None:
+def _ending(state: Any, bridge: Bridge, rate: int) -> tuple[dict[str, Any] | None, int] | None:
     """How the stream ends: an error record for a slow client, and the close code that says why it ended."""
-    if bridge.gone or receiver.done() and receiver.exception() is None and receiver.result():
+    if bridge.gone:
         return None
     if bridge.slow:
         state.metrics.error("/v1/stream", "StreamError")
@@ -206,9 +206,9 @@ def _ending(state: Any, bridge: Bridge, receiver: asyncio.Task, rate: int) -> tu
                                 else CLOSE_INVALID)
 
 
-async def _receive(ws: WebSocket, bridge: Bridge, settings: Settings) -> bool:
+async def _receive(ws: WebSocket, bridge: Bridge, settings: Settings) -> None:
     """Read the client's frames into the bridge until the audio ends, then read and drop whatever else comes
-    (so a client still sending is never blocked while its last records go out); True when the client left."""
+    (so a client still sending is never blocked while its last records go out), until the client leaves."""
     max_frame = int(settings.stream_max_frame_mb * (1 << 20))
     while True:
         if not bridge.ended:
@@ -222,7 +222,7 @@ async def _receive(ws: WebSocket, bridge: Bridge, settings: Settings) -> bool:
         if message["type"] == "websocket.disconnect":
             bridge.gone = True
             bridge.stop()
-            return True
+            return
         if bridge.ended:
             continue
         data, text = message.get("bytes"), message.get("text")
