@@ -3,7 +3,9 @@
 - cold start: one 5 s WAV, a fresh process per run, median (and min) of --runs, peak RSS of each process;
 - end to end: --n ten-second WAV files classified by one process (start-up, decoding, model, output included).
 
-earshot and YAMNet runs alternate, so that both see the same load on a shared machine.
+earshot and YAMNet runs alternate, so that both see the same load on a shared machine. Both start as installed
+packages do: with their modules' bytecode compiled (pip compiles at install time; an editable checkout, or a shell
+with PYTHONDONTWRITEBYTECODE set, would otherwise compile earshot's sources again at every start).
 
 The reference (benchmarks/yamnet_ref.py) needs `pip install ai-edge-litert`. Prints figures and ratios measured
 in this run; no thresholds are asserted here.
@@ -14,6 +16,8 @@ Usage: python benchmarks/coldstart.py [--runs 9] [--n 100] [--model mn04-as]
 from __future__ import annotations
 
 import argparse
+import compileall
+import os
 import statistics
 import sys
 import tempfile
@@ -47,6 +51,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--model", default="mn04-as")
     args = ap.parse_args()
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # the children inherit this environment
+    compileall.compile_dir(str(ROOT / "src" / "earshot"), quiet=1)
     clip = str(sorted((DATA / "esc50" / "audio").glob("*.wav"))[0])
     model = ["--model", args.model]
     run_child(EARSHOT + model + [clip])  # builds the bundle and its optimised graph once

@@ -88,6 +88,22 @@ def test_missing_input_and_unknown_model():
     assert bad.returncode == 2 and b"no-such-model: not a registry model" in bad.stderr
 
 
+def test_command_line_front():
+    """A command named first is run on its own (the fast start) yet reads as part of the whole program; anything
+    else goes through the whole app."""
+    helped = earshot("predict", "--help")
+    assert helped.returncode == 0 and b"Usage: earshot predict [OPTIONS]" in helped.stdout
+    assert b"--top-k" in helped.stdout and b"--timeline" in helped.stdout
+    wrong = earshot("predict", "--no-such-flag", "x.wav")
+    assert wrong.returncode == 2 and b"No such option" in wrong.stderr and b"earshot predict --help" in wrong.stderr
+    whole = earshot("--help")
+    assert whole.returncode == 0 and b"Usage: earshot [OPTIONS] COMMAND" in whole.stdout
+    for command in (b"predict", b"train", b"serve", b"stream", b"search", b"models"):
+        assert command in whole.stdout
+    unknown = earshot("predicts", "x.wav")
+    assert unknown.returncode == 2 and b"No such command" in unknown.stderr
+
+
 def test_models_list_and_info():
     out = earshot("models", "list", "--format", "json")
     assert out.returncode == 0

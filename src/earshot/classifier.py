@@ -91,7 +91,8 @@ class Classifier:
         self._pinned: ort.InferenceSession | None = None  # set on single_threaded() views
         self._inflight = 0
         self._masks: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray | None] = {}
-        self.session = self._session(threads or os.cpu_count() or 1)
+        self.threads: int = threads or os.cpu_count() or 1
+        self.session = self._session(self.threads)
 
     def _session(self, threads: int) -> ort.InferenceSession:
         def options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
@@ -304,7 +305,10 @@ class Classifier:
                 yield result
 
     def _single_thread_session(self) -> ort.InferenceSession:
-        """A second session with one intra-op thread, created once and shared by every view."""
+        """A session with one intra-op thread, shared by every view: the main one when it has a single thread,
+        else a second one created once."""
+        if self.threads == 1:
+            return self.session
         if self._st_session is None:
             with self._st_lock:
                 if self._st_session is None:

@@ -123,14 +123,19 @@ class _SoundfileStream(Stream):
         # open_stream)
         mono = self.info.channels == 1
         step = -1 if frames is None else frames
+        # 16-bit PCM read as integers and scaled here: the same floats as libsndfile's (x / 32768, exact in
+        # float32), in less than half its time
+        pcm16 = self._f.subtype == "PCM_16"
         while True:
             try:
-                data = self._f.read(step, dtype="float32", always_2d=True)
+                data = self._f.read(step, dtype="int16" if pcm16 else "float32", always_2d=True)
                 step = frames or READ_FRAMES
             except (sf.SoundFileError, RuntimeError) as e:
                 raise self.src.error("truncated", f"is truncated or damaged: decoding failed part-way ({e})") from e
             if not len(data):
                 return
+            if pcm16:
+                data = np.multiply(data, np.float32(1 / 32768), dtype=np.float32)
             yield np.ascontiguousarray(data[:, 0]) if mono else data.mean(axis=1)
 
     def _shortfall(self, decoded: int) -> bool:

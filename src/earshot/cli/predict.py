@@ -46,13 +46,13 @@ def predict(
                                         output=output, endpoint_url=endpoint_url))
     import earshot
 
-    try:
-        clf = earshot.load(model)
+    inputs = list(expand_inputs(paths, endpoint_url))
+    try:  # several inputs run one per thread, each call on one core: the session needs no threads of its own
+        clf = earshot.load(model, threads=1 if len(inputs) > 1 else None)
         clf.class_mask(classes, exclude)
     except EarshotError as e:
         err(str(e))
         raise typer.Exit(2) from e
-    inputs = list(expand_inputs(paths, endpoint_url))
     out = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
     writer = PredictionWriter(fmt, out, single=len(inputs) == 1 and len(paths) == 1 and not Path(paths[0]).is_dir(),
                               links=links)
