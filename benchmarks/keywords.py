@@ -13,14 +13,19 @@ has wall and CPU seconds. Set OMP_NUM_THREADS=1 on a busy machine.
 
 Figures so far (CNN, 30 epochs max, seed 0, 2 shared cores). FSDD held-out speaker nicolas (--model cnn, scored in
 torch): default 0.824; --input-norm utterance 0.836; --synthesize with every take in every epoch (500 takes a
-digit: epochs 3.5 times as long; the earlier figure) 0.91; --synthesize with the per-epoch draw (as many
-synthetic takes as real clips each epoch) 0.870 in 533 s (jackson: 0.948 in 306 s, against 0.880; george 0.964
-in 474 s, against 0.944; lucas 0.976 in 370 s, against 0.946; theo 0.986 in 356 s, against 0.988; mean 0.949), with
---input-norm utterance too 0.862. Frozen mn04-as features + MLP head 0.396; that head then fine-tuned with the
-backbone for 2 epochs 0.472 (835 s). Utterance normalisation is not the default: windows holding the tail of a
-word get stretched to full contrast, and in a stream they open false events (the tail of "one" read as "seven").
-Speech Commands sample, 44 validation-list clips: default 0.295 (transfer kept, 37 s); --synthesize 0.909 (CNN,
-5010 synthetic takes, 2000 drawn each epoch, 187 s); with --input-norm utterance too 0.909 (200 s).
+digit: epochs 3.5 times as long; the earlier figure) 0.91; --synthesize with the per-epoch draw (as many synthetic
+takes as real clips each epoch) 0.870 in 533 s (jackson: 0.948 in 306 s, against 0.880; george 0.964 in 474 s,
+against 0.944; lucas 0.976 in 370 s, against 0.946; theo 0.986 in 356 s, against 0.988; mean 0.949), with
+--input-norm utterance too 0.862. With word edges cut short in training, a quarter of the espeak-ng takes in other
+languages' voices and synthetic takes band-limited to the real clips' 8 kHz sampling: nicolas 0.902 (244 s with
+takes and features cached), jackson 0.958 (236 s), george 0.954 (298 s), lucas 0.980 (320 s), theo 0.982 (257 s),
+mean 0.955; the edge cuts alone gave nicolas 0.902, with the accents 0.896. Test-time augmentation (resampled
+x0.9/1.0/1.1) 0.892 on nicolas; averaging two to four such models 0.898-0.914. Frozen mn04-as features + MLP head
+0.396; that head then fine-tuned with the backbone for 2 epochs 0.472 (835 s). Utterance normalisation is not the
+default: windows holding the tail of a word get stretched to full contrast, and in a stream they open false events
+(the tail of "one" read as "seven"). Speech Commands sample, 44 validation-list clips: default 0.295 (transfer
+kept, 37 s); --synthesize 0.909 (CNN, 5010 synthetic takes, 2000 drawn each epoch, 187 s); with --input-norm
+utterance too 0.909 (200 s).
 """
 
 from __future__ import annotations

@@ -71,6 +71,61 @@ def test_synthesis_plan_words_and_missing_engines():
         synthesis.synthesize(["yes"], engines=[])
 
 
+def test_synthesis_plan_draws_foreign_accents_for_a_share_of_espeak_takes():
+    takes = synthesis.plan(["6"], per_label=1000, seed=0, engines=["espeak-ng"])
+    foreign = [t.voice.split("+")[0] for _, t in takes if t.voice.split("+")[0] in synthesis.ESPEAK_FOREIGN]
+    assert abs(len(foreign) / len(takes) - synthesis.ESPEAK_FOREIGN_SHARE) < 0.05
+    assert set(foreign) == set(synthesis.ESPEAK_FOREIGN)  # every language drawn
+
+
+def test_cut_edges_silences_a_bounded_tail_or_head():
+    from earshot.frontend import SILENCE_LOGMEL
+    from earshot.training import augment
+
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    mel = torch.zeros(64, 101)  # a 0.6 s word (61 frames) followed by 40 frames of padding
+    tails = heads = 0
+    for _ in range(400):
+        out = augment.cut_edges(mel, 61, gen)
+        assert torch.equal(mel, torch.zeros(64, 101))  # the input is never changed
+        silent = (out == SILENCE_LOGMEL).all(dim=0)
+        kept = torch.nonzero(~silent[:61]).flatten()
+        assert len(kept) >= 61 * (1 - augment.TAIL_MAX - augment.HEAD_MAX) - 2  # most of the word stays
+        assert not silent[61:].any()  # the padding is not touched
+        tails += bool(silent[60])
+        heads += bool(silent[0])
+    assert abs(tails / 400 - augment.TAIL_P) < 0.1 and abs(heads / 400 - augment.HEAD_P) < 0.1
+
+
+def test_synthetic_takes_get_the_band_of_the_real_recordings(tmp_path):
+    """FSDD is recorded at 8 kHz: synthetic takes (rendered at 16 kHz) are band-limited to it, so that the
+    CNN cannot learn cues above 4 kHz that only synthetic speech has."""
+    need_engine("espeak-ng")
+    from earshot.training.cnn import SAMPLE_RATE, decode_items, real_band_rate
+    from earshot.training.manifest import Item, Manifest
+
+    real = [Item(path=p, label=p.name[0]) for p in sorted(FSDD.glob("6_*.wav"))[:20]]
+    synth, _ = synthesis.synthesize(["6"], per_label=4, engines=["espeak-ng"], seed=0)
+    manifest = Manifest(items=real + synth)
+    assert real_band_rate(manifest) == 8000 and real_band_rate(Manifest(items=real)) is None
+    ids = range(len(real), len(manifest))
+
+    def high_share(waves):  # share of the energy above 4.2 kHz
+        shares = []
+        for y in waves.values():
+            spec = np.abs(np.fft.rfft(y)) ** 2
+            freqs = np.fft.rfftfreq(len(y), 1 / SAMPLE_RATE)
+            shares.append(spec[freqs > 4200].sum() / spec.sum())
+        return float(np.mean(shares))
+
+    full, bad = decode_items(manifest, ids, SAMPLE_RATE)
+    banded, _ = decode_items(manifest, ids, SAMPLE_RATE, band_rate=8000)
+    assert not bad and len(banded) == 4
+    assert high_share(full) > 0.01 and high_share(banded) < 1e-4
+    assert all(abs(len(banded[i]) - len(full[i])) <= 2 for i in ids)  # same duration
+
+
 def test_background_labels_never_open_events():
     tracker = EventTracker(["_silence_", "_unknown_", "yes"], [None] * 3, [0.5] * 3, multi_label=False,
                            background=["_silence_", "_unknown_"])

@@ -6,7 +6,27 @@ import math
 
 import torch
 
-from earshot.frontend import LOG_SCALE, mel_power, normalised_log
+from earshot.frontend import LOG_SCALE, SILENCE_LOGMEL, mel_power, normalised_log
+
+# A word's edges cut off (recordings trimmed tight, a voice-activity detector closing early, a final consonant
+# swallowed): the last up to TAIL_MAX of its frames with probability TAIL_P, the first up to HEAD_MAX with HEAD_P.
+# FSDD speaker nicolas, whose "six" recordings stop mid-word: 0.870 -> 0.902 held out.
+TAIL_P, TAIL_MAX, HEAD_P, HEAD_MAX = 0.5, 0.4, 0.2, 0.15
+
+
+def cut_edges(mel: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """`mel` [mels, frames] of a short clip whose first `n` frames hold the clip, with its tail and/or head
+    replaced by digital silence at random (`TAIL_P`, `TAIL_MAX`, `HEAD_P`, `HEAD_MAX`); the input itself is left
+    unchanged."""
+    u = torch.rand(4, generator=gen).tolist()
+    tail = int(n * TAIL_MAX * u[1]) if u[0] < TAIL_P else 0
+    head = int(n * HEAD_MAX * u[3]) if u[2] < HEAD_P else 0
+    if not tail and not head:
+        return mel
+    mel = mel.clone()
+    mel[:, n - tail : n] = SILENCE_LOGMEL
+    mel[:, :head] = SILENCE_LOGMEL
+    return mel
 
 
 class MelAugment:

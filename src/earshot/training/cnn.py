@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import soxr
 import torch
 from torch import nn
 
@@ -23,7 +24,7 @@ from earshot.frontend import LOG_SCALE, SILENCE_LOGMEL, EfficientATMel
 from earshot.models.cnn import CNN_FRONTEND, CompactCNN
 from earshot.models.tagger import WaveformTagger
 from earshot.training import distributed
-from earshot.training.augment import MelAugment
+from earshot.training.augment import MelAugment, cut_edges
 from earshot.training.loop import BestEpoch, Log, Trained, seed_all, skip_unreadable, training_device, unreadable_reason
 from earshot.training.manifest import Manifest
 
@@ -57,17 +58,40 @@ class UtteranceNorm(nn.Module):
         return self.network(x)
 
 
-def decode_items(manifest: Manifest, indices: Iterable[int],
-                 sample_rate: int) -> tuple[dict[int, np.ndarray], list[tuple[int, str]]]:
-    """Decoded mono clips {index: waveform} at `sample_rate`, and [(index, reason)] of unreadable ones."""
+def decode_items(manifest: Manifest, indices: Iterable[int], sample_rate: int, band_rate: int | None = None
+                 ) -> tuple[dict[int, np.ndarray], list[tuple[int, str]]]:
+    """Decoded mono clips {index: waveform} at `sample_rate`, and [(index, reason)] of unreadable ones.
+
+    Synthetic takes are passed through `band_rate` when it is lower (decoded at it, then brought to
+    `sample_rate`): the band the real recordings have, so that no cue above it exists only in synthetic speech."""
+    band = band_rate if band_rate is not None and band_rate < sample_rate else None
     waves, bad = {}, []
     for i in indices:
         it = manifest.items[int(i)]
         try:
-            waves[int(i)] = audio.decode(it.source, sample_rate, name=str(it.path))
+            if band is not None and "synthetic" in it.extra:
+                y = audio.decode(it.source, band, name=str(it.path))
+                waves[int(i)] = soxr.resample(y, band, sample_rate).astype(np.float32, copy=False)
+            else:
+                waves[int(i)] = audio.decode(it.source, sample_rate, name=str(it.path))
         except AudioError as e:
             bad.append((int(i), unreadable_reason(e)))
     return waves, bad
+
+
+def real_band_rate(manifest: Manifest, sample: int = 200) -> int | None:
+    """The median native sample rate of the real (not synthetic) clips, from the headers of up to `sample` of
+    them spread over the manifest; None when there are no readable real clips or no synthetic ones."""
+    real = [it for it in manifest.items if "synthetic" not in it.extra]
+    if len(real) == len(manifest.items) or not real:
+        return None
+    rates = []
+    for it in real[:: max(1, len(real) // sample)]:
+        try:
+            rates.append(audio.info(it.source, name=str(it.path)).sample_rate)
+        except AudioError:
+            continue
+    return int(np.median(rates)) if rates else None
 
 
 class Waves:
@@ -76,10 +100,22 @@ class Waves:
     def __init__(self) -> None:
         self.decoded: dict[int, np.ndarray] = {}
         self.bad: dict[int, str] = {}
+        self.band_rate: int | None = None
+        self._banded = False
+
+    def _band(self, manifest: Manifest, log: Log) -> int | None:
+        """`real_band_rate` of the manifest, found once; logged when it band-limits synthetic takes."""
+        if not self._banded:
+            self._banded = True
+            self.band_rate = real_band_rate(manifest)
+            if self.band_rate is not None and self.band_rate < SAMPLE_RATE:
+                log(f"synthetic takes band-limited to {self.band_rate} Hz sampling, as the real clips",
+                    stage="decode", band_rate=self.band_rate)
+        return self.band_rate
 
     def decode_all(self, manifest: Manifest, log: Log) -> None:
         """Decode every item before any split; unreadable ones are skipped from the manifest."""
-        waves, bad = decode_items(manifest, range(len(manifest)), SAMPLE_RATE)
+        waves, bad = decode_items(manifest, range(len(manifest)), SAMPLE_RATE, self._band(manifest, log))
         skip_unreadable(manifest, bad, log)
         drop = {i for i, _ in bad}
         kept = [i for i in range(len(manifest) + len(drop)) if i not in drop]
@@ -90,7 +126,7 @@ class Waves:
         a split, so it stays in the manifest) is reported once and listed in `Manifest.skipped`."""
         need = [int(i) for i in ids if int(i) not in self.decoded and int(i) not in self.bad]
         t0 = time.time()
-        waves, bad = decode_items(manifest, need, SAMPLE_RATE)
+        waves, bad = decode_items(manifest, need, SAMPLE_RATE, self._band(manifest, log))
         self.decoded.update(waves)
         for i, reason in bad:
             self.bad[i] = reason
@@ -167,7 +203,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
                 slack = max(0, n_frames - content[k])
                 s = int(torch.randint(0, slack + 1, (1,), generator=gen)) if slack else 0
                 pad = torch.full((m.shape[0], s), SILENCE_LOGMEL)
-                xs.append(torch.cat([pad, m], dim=1)[:, :n_frames])
+                xs.append(torch.cat([pad, cut_edges(m, content[k], gen)], dim=1)[:, :n_frames])
         return augment(torch.stack(xs).unsqueeze(1))
 
     dev = training_device()

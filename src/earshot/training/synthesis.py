@@ -50,6 +50,10 @@ ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2
                    "Andrea", "Andy", "Annie", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed",
                    "edward", "grandma", "grandpa", "iven", "john", "linda", "max", "michel", "norbert", "paul",
                    "quincy", "rob", "robert", "steph", "travis", "victor", "zac")
+# Other languages' voices reading the English word: English as their speakers say it with their own phonemes
+# ("six" in the French voice is /sis/), drawn for this share of the espeak-ng takes.
+ESPEAK_FOREIGN = ("fr", "de", "es", "it", "nl", "pt", "pl")
+ESPEAK_FOREIGN_SHARE = 0.25
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts", "cmu_us_awb_cg", "cmu_us_rms_cg",
                    "cmu_us_slt_cg", "rab_diphone", "don_diphone")
@@ -110,7 +114,7 @@ def festival_voices() -> list[str]:
 def voices(engine: str) -> list[str]:
     """The voices `synthesize` draws from for `engine`."""
     if engine == "espeak-ng":
-        return [a + (f"+{v}" if v else "") for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS]
+        return [a + (f"+{v}" if v else "") for a in ESPEAK_ACCENTS + ESPEAK_FOREIGN for v in ESPEAK_VARIANTS]
     if engine == "flite":
         return list(FLITE_VOICES)
     if engine == "festival":
@@ -158,8 +162,14 @@ def plan(labels: Sequence[str], *, words: Mapping[str, str] | None = None, per_l
         counts = np.floor(share * per_label).astype(int)
         counts[: per_label - counts.sum()] += 1
         for engine, n in zip(engines, counts):
+            pool = pools[engine]
+            if engine == "espeak-ng":
+                foreign = [v for v in pool if v.split("+")[0] in ESPEAK_FOREIGN]
+                native = [v for v in pool if v.split("+")[0] not in ESPEAK_FOREIGN]
             for _ in range(int(n)):
-                voice = pools[engine][int(rng.integers(len(pools[engine])))]
+                if engine == "espeak-ng":
+                    pool = foreign if foreign and rng.random() < ESPEAK_FOREIGN_SHARE else native
+                voice = pool[int(rng.integers(len(pool)))]
                 stretch = round(float(rng.uniform(0.8, 1.35)), 3)
                 pitch = round(float(rng.uniform(0.0, 1.0)), 3) if engine != "festival" else None
                 rate = round(float(rng.uniform(*RATE_RANGE)), 3)
