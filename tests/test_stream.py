@@ -197,8 +197,11 @@ def test_ctrl_c_stops_cleanly_with_a_summary(keywords, tmp_path):
     y, sr = keywords
     path = tmp_path / "six.wav"
     sf.write(path, y, sr)
+    # Ctrl-C as a terminal delivers it: under a runner that started the tests in the background, SIGINT would
+    # be inherited as ignored, and Python then installs no KeyboardInterrupt handler
     p = subprocess.Popen([sys.executable, "-m", "earshot.cli", "stream", str(path), "--realtime"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = p.stdout.readline()  # the first segment, ~1 s of audio in
     assert json.loads(first)["type"] == "segment"
     p.send_signal(signal.SIGINT)
