@@ -248,7 +248,7 @@ def test_file_over_upload_cap_streams_through_websocket(browser, tmp_path):
     wav = tmp_path / "long-dogs.wav"
     sf.write(wav, audio, 16000, subtype="PCM_16")
     stereo = soxr.resample(audio, 16000, 44100)
-    flac = tmp_path / "long-dogs.flac"  # not WAV PCM: decoded and resampled by the browser
+    flac = tmp_path / "long-dogs.flac"  # not WAV PCM: its bytes decoded by the server, or else by the browser
     sf.write(flac, np.stack([stereo, 0.5 * stereo], axis=1), 44100, subtype="PCM_16")
     assert flac.stat().st_size > 0.25 * 2**20
     with running_server(tmp_path, max_upload_mb=0.25, api_keys=["k3y"]) as base:
@@ -256,7 +256,9 @@ def test_file_over_upload_cap_streams_through_websocket(browser, tmp_path):
         answers, sockets = [], []
         pg.on("response", lambda r: answers.append((r.url, r.status)))
         pg.on("websocket", lambda ws: sockets.append(ws.url))
-        for path in (wav, flac):
+        for path, server_decodes in ((wav, True), (flac, True), (flac, False)):
+            # the third time as with a server without the media extra: the browser decodes the FLAC itself
+            pg.evaluate(f"state.decodesContainers = {str(server_decodes).lower()}")
             pg.set_input_files("#file-input", str(path))
             pg.wait_for_function(f"document.querySelector('#live-title').textContent === '{path.name}'")
             pg.wait_for_selector("#live-lanes .live-event", timeout=60_000)
@@ -270,7 +272,9 @@ def test_file_over_upload_cap_streams_through_websocket(browser, tmp_path):
             assert pg.locator("#result").is_hidden()
         # the page read the cap from /healthz and streamed without uploading first
         assert [s for u, s in answers if "/v1/predict" in u] == []
-        assert len(sockets) == 2 and all("api_key=k3y" in u for u in sockets), sockets
+        assert len(sockets) == 3 and all("api_key=k3y" in u for u in sockets), sockets
         assert "format=s16le" in sockets[0] and "rate=16000" in sockets[0] and "channels=1" in sockets[0]
+        assert "format=file" in sockets[1] and "rate=" not in sockets[1]  # the FLAC's bytes as they are
+        assert "format=s16le" in sockets[2] and "rate=16000" in sockets[2]  # decoded and resampled here
         pg.screenshot(path=str(ARTIFACTS / "web_stream_file.png"), full_page=True)
         ctx.close()

@@ -168,6 +168,45 @@ def test_float_stereo_at_44k_is_resampled_and_classified(server):
     assert recs[-1]["duration"] == pytest.approx(5.0, abs=1e-3) and recs[-1]["labels"][0] == "Cattle, bovinae"
 
 
+@pytest.mark.parametrize(("suffix", "subtype"), [("flac", "PCM_16"), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")])
+def test_an_audio_file_streamed_as_bytes_is_decoded_by_the_server(server, scene, tmp_path, suffix, subtype):
+    """`format=file`: a compressed file's bytes in frames (no decoding on the client), decoded by the server as
+    they come, give the records of `earshot stream -` on the same bytes."""
+    pcm, truth = scene
+    y = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    up = soxr.resample(y, RATE, 44100)
+    path = tmp_path / f"scene.{suffix}"
+    sf.write(path, np.stack([up, 0.5 * up], axis=1), 44100, subtype=subtype)  # stereo at 44.1 kHz
+    data = path.read_bytes()
+    frames = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    recs, code = asyncio.run(talk(ws_url(server, format="file", title=path.name), [*frames, '{"type": "end"}']))
+    assert code == 1000, recs[-1]
+    assert recs[0]["type"] == "ready" and recs[0]["format"] == "file" and recs[0]["sample_rate"] is None
+    summary = recs[-1]
+    assert summary["type"] == "summary" and summary["stopped"] == "eof" and summary["error"] is None
+    assert summary["duration"] == pytest.approx(len(y) / RATE, abs=0.06)  # codec padding at most
+    events = of(recs, "event")
+    for label, onset in truth if suffix == "flac" else ():  # lossy codecs move some scores (the cow's at 8.5 s)
+        assert any(e["label"] == label and abs(e["start"] - onset) <= HOP + 1e-6 for e in events), (label, onset)
+    assert {"Dog", "Crow", "Siren"} <= {e["label"] for e in events}
+    p = subprocess.run([sys.executable, "-m", "earshot.cli", "stream", "-"], input=data, capture_output=True,
+                       timeout=120, env=os.environ.copy())
+    assert p.returncode == 0, p.stderr.decode()
+    cli = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    assert [(r["type"], r.get("label"), r.get("start")) for r in cli] == [
+        (r["type"], r.get("label"), r.get("start")) for r in recs[1:]]
+
+
+def test_bytes_that_are_no_audio_file_end_with_an_error(server):
+    recs, code = asyncio.run(talk(ws_url(server, format="file"), [b"this is a text file, not audio\n" * 200,
+                                                                  '{"type": "end"}']))
+    assert code == 1007 and recs[-1]["type"] == "error" and recs[-1]["error"]["reason"] == "unsupported"
+    wait_closed(server)
+    health = healthy(server)
+    assert health["status"] == "ok" and health["decodes_containers"] is True  # CI installs the media extra
+    assert health["stream_formats"][-1] == "file" and "s16le" in health["stream_formats"]
+
+
 def test_live_pace_records_follow_the_audio(server):
     """Fed at real time, each segment arrives about one hop after its window is complete, not at the end."""
     y, sr = sf.read(esc50_clip("dog", 2), dtype="float32")
@@ -246,10 +285,16 @@ def test_frame_past_the_cap_is_1009(server):
     assert code == 1009 and recs[-1]["error"]["reason"] == "frame_too_large"
 
 
-def test_idle_stream_ends(server):
+def test_idle_stream_ends(server, tmp_path):
     t = time.perf_counter()
     recs, code = asyncio.run(talk(ws_url(server), [b"\0\0" * 8000]))
     assert code == 1008 and recs[-1]["error"]["reason"] == "idle" and time.perf_counter() - t < 15
+    # a file's bytes that stop coming mid-file: the same idle error, not a decoder's "truncated"
+    y, sr = sf.read(esc50_clip("dog", 2), dtype="float32")
+    sf.write(tmp_path / "dog.flac", y, sr)
+    half = (tmp_path / "dog.flac").read_bytes()[:4000]
+    recs, code = asyncio.run(talk(ws_url(server, format="file"), [half]))
+    assert code == 1008 and recs[-1]["error"]["type"] == "StreamError" and recs[-1]["error"]["reason"] == "idle"
 
 
 def test_abrupt_end_and_odd_bytes_leave_the_server_healthy(server):

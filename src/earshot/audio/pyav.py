@@ -5,6 +5,8 @@ PyAV is optional and imported only when an input needs it, never when ``earshot.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,9 +15,15 @@ import soxr
 
 from earshot.errors import AudioError
 
-__all__ = ["MEDIA_EXTRA", "decode_frames", "frame_to_mono", "import_av", "require_av"]
+__all__ = ["MEDIA_EXTRA", "available", "decode_frames", "frame_to_mono", "import_av", "require_av"]
 
 MEDIA_EXTRA = "pip install 'earshot[media]'"
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the media extra (PyAV) is installed, found without importing it."""
+    return importlib.util.find_spec("av") is not None
 
 
 def import_av() -> Any:

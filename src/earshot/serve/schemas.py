@@ -172,6 +172,9 @@ class Health(BaseModel):
     streams_open: int = Field(description="WebSocket streams open on /v1/stream")
     max_streams: int
     max_upload_bytes: int = Field(description="largest upload /v1/predict takes; the page streams bigger files")
+    stream_formats: list[str] = Field(description="`format` values /v1/stream takes")
+    decodes_containers: bool = Field(description="whether `format=file` streams decode FLAC, MP3, Ogg, ... (the "
+                                     "media extra); WAV always")
 
 
 class SearchHit(BaseModel):

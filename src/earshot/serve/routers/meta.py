@@ -7,8 +7,10 @@ from functools import cache
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from earshot.audio import pyav
 from earshot.serve import schemas
 from earshot.serve.deps import InferenceDep, MetricsDep, StoreDep
+from earshot.serve.streaming import STREAM_FORMATS
 
 router = APIRouter(tags=["ops"])
 
@@ -37,6 +39,8 @@ async def healthz(request: Request, store: StoreDep, inference: InferenceDep) ->
         "streams_open": state.streams.used,
         "max_streams": state.streams.limit,
         "max_upload_bytes": state.settings.max_upload_bytes,
+        "stream_formats": list(STREAM_FORMATS),
+        "decodes_containers": pyav.available(),
     }
 
 

@@ -1,12 +1,15 @@
 """WebSocket `/v1/stream`: raw PCM in as binary frames, the records of `earshot stream` out as text frames.
 
 `ws://HOST/v1/stream?model=&rate=16000&format=s16le|f32le&channels=1&window=1&hop=0.5&threshold=&top_k=3`
-(also `min_duration`, `classes`/`exclude` (repeatable), `title`, `api_key`). Once the parameters are checked,
-the model loaded and the stream admitted, the server sends a `ready` record (model, sample_rate, window, hop,
-labels); then `segment`, `event_start` and `event` records as the audio arrives, and after the client's text
-frame `{"type": "end"}` (or its close) a `summary`, then it closes (1000). Anything wrong ends with an `error`
-record and a close code that says why: 1008 (parameters, API key, idle, slow consumer), 1007 (samples that are
-not audio, a message it does not know), 1009 (frame too large), 1013 (overloaded), 1011 (internal).
+(also `min_duration`, `classes`/`exclude` (repeatable), `title`, `api_key`). `format=file`: the binary frames are
+the bytes of an audio file in any format `earshot stream -` reads (WAV, FLAC, MP3, Ogg, ...; formats other than WAV
+need the media extra), decoded as they come; `rate` and `channels` are then the file's own. Once the parameters are
+checked, the model loaded and the stream admitted, the server sends a `ready` record (model, format, sample_rate
+(None for a file), window, hop, labels); then `segment`, `event_start` and `event` records as the audio arrives, and
+after the client's text frame `{"type": "end"}` (or its close) a `summary`, then it closes (1000). Anything wrong
+ends with an `error` record and a close code that says why: 1008 (parameters, API key, idle, slow consumer), 1007
+(samples that are not audio, a message it does not know), 1009 (frame too large), 1013 (overloaded), 1011
+(internal).
 
 A shell only: the records are made by `earshot.stream.classify_feed`; the bounds (backlog, pending records,
 idle time, frame size, stream length, open streams) by `earshot.serve.streaming` and the settings.
@@ -32,6 +35,8 @@ from earshot.serve.streaming import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TRY_LATER,
+    FILE_FORMAT,
+    STREAM_FORMATS,
     Bridge,
 )
 from earshot.serve.uploads import upload_title
@@ -41,7 +46,6 @@ log = logging.getLogger("earshot.serve")
 
 router = APIRouter(tags=["stream"])
 
-STREAM_FORMATS = pcm.RAW_FORMATS
 CLOSE_TOO_BIG = 1009
 _CLOSE_FOR = {"bad_samples": CLOSE_INVALID, "bad_message": CLOSE_INVALID, "frame_too_large": CLOSE_TOO_BIG,
               "overloaded": CLOSE_TRY_LATER, "internal": CLOSE_INTERNAL}
@@ -134,8 +138,10 @@ async def _session(ws: WebSocket, state: Any, settings: Settings, opts: dict[str
         state.metrics.error("/v1/stream", type(e).__name__)
         return _error_record(name, 0.0, e), CLOSE_POLICY
 
-    bridge = Bridge(name, pcm.PcmFormat(opts["format"], opts["channels"]), opts["rate"],
-                    backlog_s=settings.stream_backlog_s, max_pending=settings.stream_max_pending)
+    file = opts["format"] == FILE_FORMAT
+    bridge = Bridge(name, None if file else pcm.PcmFormat(opts["format"], opts["channels"]),
+                    None if file else opts["rate"], backlog_s=settings.stream_backlog_s,
+                    max_pending=settings.stream_max_pending)
     max_seconds = settings.max_stream_s if settings.max_stream_s > 0 else None
     records = classify_feed(bridge.feed, name, clf, window=opts["window"], hop=opts["hop"],
                             threshold=opts["threshold"], top_k=opts["top_k"], min_duration=opts["min_duration"],
@@ -152,9 +158,9 @@ async def _session(ws: WebSocket, state: Any, settings: Settings, opts: dict[str
         finally:
             loop.call_soon_threadsafe(bridge.deliver, None)
 
-    ready = {"type": "ready", "source": name, "model": getattr(clf, "name", None), "sample_rate": opts["rate"],
-             "model_sample_rate": clf.sample_rate, "window": opts["window"], "hop": opts["hop"],
-             "labels": list(clf.labels)}
+    ready = {"type": "ready", "source": name, "model": getattr(clf, "name", None), "format": opts["format"],
+             "sample_rate": None if file else opts["rate"], "model_sample_rate": clf.sample_rate,
+             "window": opts["window"], "hop": opts["hop"], "labels": list(clf.labels)}
     try:
         await asyncio.wait_for(ws.send_text(json.dumps(ready)), settings.stream_send_timeout_s)
     except Exception:  # noqa: BLE001 - gone before it started
@@ -164,7 +170,7 @@ async def _session(ws: WebSocket, state: Any, settings: Settings, opts: dict[str
     try:
         await _send_records(ws, bridge, settings.stream_send_timeout_s)
         await asyncio.gather(worker, return_exceptions=True)
-        return _ending(state, bridge, opts["rate"])
+        return _ending(state, bridge)
     finally:
         bridge.stop()
         receiver.cancel()
@@ -188,7 +194,7 @@ async def _send_records(ws: WebSocket, bridge: Bridge, timeout: float) -> None:
             bridge.stop()
 
 
-def _ending(state: Any, bridge: Bridge, rate: int) -> tuple[dict[str, Any] | None, int] | None:
+def _ending(state: Any, bridge: Bridge) -> tuple[dict[str, Any] | None, int] | None:
     """How the stream ends: an error record for a slow client, and the close code that says why it ended."""
     if bridge.gone:
         return None
@@ -196,7 +202,7 @@ def _ending(state: Any, bridge: Bridge, rate: int) -> tuple[dict[str, Any] | Non
         state.metrics.error("/v1/stream", "StreamError")
         err = StreamError("the client did not read the records as fast as they came; stream stopped",
                           source=bridge.name, reason="slow_consumer")
-        return _error_record(bridge.name, bridge.received / rate, err), CLOSE_POLICY
+        return _error_record(bridge.name, bridge.seconds(), err), CLOSE_POLICY
     last = bridge.last
     if last is None or last.get("type") != "error":
         return None, CLOSE_NORMAL

@@ -1,8 +1,9 @@
 // earshot page, live part: /v1/stream (Listen, long files). Loaded after app.js, whose helpers it uses
 // ($, api, state, showError, fmtTime, laneRow...); app.js calls toggleListen, streamFile and loadLimits.
 // Listen: microphone → AudioWorklet (static/listen-worklet.js: mono, s16le, 0.1 s blocks at the context's rate)
-// → binary WebSocket frames. Long files (over the upload cap): WAV PCM read in slices as it is, anything else
-// decoded and resampled to 16 kHz mono by the browser, sent faster than real time with `bufferedAmount` bounded.
+// → binary WebSocket frames. Long files (over the upload cap): WAV PCM read in slices as it is; any other file's
+// bytes sent as they are (`format=file`) when the server decodes containers (`decodes_containers` in /healthz),
+// else decoded and resampled by the browser; sent faster than real time with `bufferedAmount` bounded.
 // The server answers with ready / segment / event_start / event / summary (or error) records.
 const LIVE_SPAN = 30; // seconds shown by the scrolling lane while listening
 const LIVE_LANES = 8; // labels with a lane at most
@@ -18,7 +19,11 @@ function streamUrl(params) {
 }
 
 function streamParams(rate, channels, format, title) {
-  const p = new URLSearchParams({ rate: String(rate), format, channels: String(channels), top_k: $("#topk-select").value });
+  const p = new URLSearchParams({ format, top_k: $("#topk-select").value });
+  if (rate) { // a file's bytes carry their own rate and channels
+    p.set("rate", String(rate));
+    p.set("channels", String(channels));
+  }
   if (title) p.set("title", title);
   if (state.model) p.set("model", state.model);
   // custom classifiers (keyword models) judge windows as long as they were trained on; the tagger's is 1 s
@@ -471,6 +476,35 @@ async function wavSource(file) {
   return null;
 }
 
+// any other file, when the server decodes containers: its bytes as they are, decoded by the server as they come
+// (any length and format, nothing decoded here, about 1 MB read at a time); the duration is the player's
+async function fileSource(file, player) {
+  const duration = await mediaDuration(player);
+  const piece = 1 << 20;
+  const frame = 1 << 16;
+  return {
+    rate: null, channels: null, format: "file", bytesPerSecond: duration ? file.size / duration : null, duration,
+    async *chunks() {
+      for (let a = 0; a < file.size; a += piece) {
+        const buf = await file.slice(a, Math.min(file.size, a + piece)).arrayBuffer();
+        for (let b = 0; b < buf.byteLength; b += frame) yield buf.slice(b, Math.min(buf.byteLength, b + frame));
+      }
+    },
+  };
+}
+
+// the player's duration once it has read the file's header (null when it cannot tell within 3 s)
+function mediaDuration(player) {
+  const known = () => (Number.isFinite(player.duration) && player.duration > 0 ? player.duration : null);
+  if (known()) return Promise.resolve(known());
+  return new Promise((resolve) => {
+    const done = () => resolve(known());
+    player.addEventListener("loadedmetadata", done, { once: true });
+    player.addEventListener("error", done, { once: true });
+    setTimeout(done, 3000);
+  });
+}
+
 // anything the browser can decode: decoded and resampled to 16 kHz by an OfflineAudioContext, averaged to mono
 async function decodedSource(file) {
   const ctx = new OfflineAudioContext(1, 1, 16000);
@@ -501,7 +535,7 @@ async function streamFile(file, why) {
   player.hidden = false;
   let src;
   try {
-    src = (await wavSource(file)) || (await decodedSource(file));
+    src = (await wavSource(file)) || (state.decodesContainers ? await fileSource(file, player) : await decodedSource(file));
   } catch (e) {
     s.error = { type: "AudioError", message: `the browser could not decode ${file.name || "the file"} (${(e && e.message) || e})` };
     showError(s.error);
@@ -520,7 +554,7 @@ async function streamFile(file, why) {
     while (!s.done && !s.stopping && s.ws.bufferedAmount > MAX_BUFFERED) await sleep(10);
     if (s.done || s.stopping || s.ws.readyState !== 1) break;
     s.ws.send(chunk);
-    s.sent += chunk.byteLength / src.bytesPerSecond;
+    if (src.bytesPerSecond) s.sent += chunk.byteLength / src.bytesPerSecond;
   }
   if (!s.done && !s.stopping) stopLive();
 }
@@ -531,8 +565,10 @@ async function loadLimits() {
     const resp = await fetch("/healthz");
     const body = await resp.json();
     state.maxUpload = Number(body.max_upload_bytes) || null;
+    state.decodesContainers = Boolean(body.decodes_containers);
   } catch (e) {
     state.maxUpload = null;
+    state.decodesContainers = false;
   }
 }
 
