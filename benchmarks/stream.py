@@ -11,6 +11,11 @@ core sustains. Prints figures, asserts nothing.
   its records' latency stays bounded (p99 under hop + 1 s) and none ends with an error. The largest N sustained
   is the figure (target >= 20 a core with mn04-as).
 
+- long file as bytes: `--file-minutes` (60) of the same recording as a 16 kHz MP3, its bytes sent as fast as the
+  server takes them (`format=file`: decoded by the server as they arrive), against the same audio as s16le PCM in
+  the same run: wall, times real time, and the server's resident memory (largest of samples every 0.1 s) above
+  its size before the stream.
+
 Keyword accuracy per held-out speaker, with and without each lever, is `benchmarks/keywords.py`.
 """
 
@@ -113,6 +118,64 @@ async def ws_stream(url: str, pcm: bytes, lags: list[float], errors: list[str]) 
         await task
 
 
+async def ws_send_all(url: str, frames: list[bytes]) -> dict:
+    """Send every frame as fast as the server reads them, then `end`; the summary record (or the error)."""
+    import websockets
+
+    async with websockets.connect(url, max_size=None) as ws:
+        async def send() -> None:
+            for f in frames:
+                await ws.send(f)
+            await ws.send(json.dumps({"type": "end"}))
+
+        task = asyncio.create_task(send())
+        last: dict = {}
+        async for m in ws:
+            last = json.loads(m)
+        await task
+        return last
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def long_file(url: str, pid: int, pcm: bytes, minutes: float) -> None:
+    """The `--file-minutes` phase (see the module doc)."""
+    import tempfile
+    import threading
+
+    reps = int(np.ceil(minutes * 60 * RATE * 2 / len(pcm)))
+    audio = np.frombuffer(pcm * reps, "<i2")[: int(minutes * 60 * RATE)]
+    with tempfile.TemporaryDirectory() as tmp:
+        mp3 = Path(tmp) / "long.mp3"
+        sf.write(mp3, audio.astype(np.float32) / 32768, RATE, subtype="MPEG_LAYER_III")
+        data = mp3.read_bytes()
+    cases = [("s16le PCM", url, [audio[i : i + RATE].tobytes() for i in range(0, len(audio), RATE)]),
+             ("MP3 bytes", url.replace("format=s16le", "format=file"),
+              [data[i : i + 65536] for i in range(0, len(data), 65536)])]
+    print(f"long file, {minutes:g} min of audio sent as fast as the server takes it ({len(data) / 1e6:.1f} MB MP3):")
+    for name, u, frames in cases:
+        base, peak, done = rss_mb(pid), [0.0], threading.Event()
+
+        def watch(base=base, peak=peak, done=done) -> None:
+            while not done.wait(0.1):
+                peak[0] = max(peak[0], rss_mb(pid) - base)
+
+        w = threading.Thread(target=watch)
+        w.start()
+        t = time.perf_counter()
+        last = asyncio.run(ws_send_all(u, frames))
+        wall = time.perf_counter() - t
+        done.set()
+        w.join()
+        dur = last.get("duration") or 0.0
+        print(f"  {name:10s} {wall:6.1f} s = {dur / wall:6.0f}x real time, {dur / 60:.1f} min scored, server RSS "
+              f"+{peak[0]:.0f} MB over {base:.0f} MB; last record {last.get('type')} "
+              f"{(last.get('error') or {}).get('reason', '')}")
+
+
 def start_server(model: str, port: int, cpu: int | None, **env: str) -> subprocess.Popen:
     e = {**os.environ, **{"EARSHOT_" + k.upper(): v for k, v in env.items()}}
     code = f"from earshot.serve import run; run({model!r}, '127.0.0.1', {port}, log_level='warning')"
@@ -137,6 +200,7 @@ def main() -> None:
     ap.add_argument("--streams", default="10,20,30,40", help="concurrent streams to try")
     ap.add_argument("--model", default="mn04-as")
     ap.add_argument("--port", type=int, default=8791)
+    ap.add_argument("--file-minutes", type=float, default=60.0, help="long-file phase (0: skip)")
     args = ap.parse_args()
     os.environ.setdefault("EARSHOT_MODEL_MIRROR", str(ROOT.parent / "shared" / "weights"))
     pcm = recording(args.seconds)
@@ -155,6 +219,8 @@ def main() -> None:
         lags, errors = [], []
         asyncio.run(ws_stream(url, pcm, lags, errors))
         print(f"latency WebSocket (1 stream) {percentiles(lags)}   errors {errors or 'none'}")
+        if args.file_minutes > 0:
+            long_file(url, proc.pid, pcm, args.file_minutes)
         where = "one core (server pinned to cpu 0, clients on cpu 1)" if pinned is not None else "one core"
         print(f"concurrent real-time streams on {where}:")
         best = 0
