@@ -20,14 +20,15 @@ against 0.944; lucas 0.976 in 370 s, against 0.946; theo 0.986 in 356 s, against
 languages' voices and synthetic takes band-limited to the real clips' 8 kHz sampling: nicolas 0.902 (244 s with
 takes and features cached), jackson 0.958 (236 s), george 0.954 (298 s), lucas 0.980 (320 s), theo 0.982 (257 s),
 mean 0.955; the edge cuts alone gave nicolas 0.902, with the accents 0.896. Test-time augmentation (resampled
-x0.9/1.0/1.1) 0.892 on nicolas; averaging two to four such models 0.898-0.914;
-a room's tail in training (RT60 0.15-0.8 s on 30 % of the batch) 0.902; twice the synthetic takes per epoch 0.910
-(401 s, --model cnn); a CNN 1.5 times as wide (widths 24-192) 0.888 (593 s). Frozen mn04-as features + MLP head
-0.396; that head then fine-tuned with the backbone for 2 epochs 0.472 (835 s). Utterance normalisation is not the
-default: windows holding the tail of a word get stretched to full contrast, and in a stream they open false events
-(the tail of "one" read as "seven"). Speech Commands sample, 44 validation-list clips: default 0.295 (transfer
-kept, 37 s); --synthesize 0.909 (CNN, 5010 synthetic takes, 2000 drawn each epoch, 187 s); with --input-norm
-utterance too 0.909 (200 s); with the edge cuts and accented voices 0.909 (211 s, takes rendered in the run).
+x0.9/1.0/1.1) 0.892 on nicolas; averaging two to four such models 0.898-0.914; a room's tail in training (RT60
+0.15-0.8 s on 30 % of the batch) 0.902; twice the synthetic takes per epoch 0.910 (401 s, --model cnn); a CNN 1.5
+times as wide (widths 24-192) 0.888 (593 s); word heads cut as often as tails (HEAD_P 0.5, HEAD_MAX 0.3) 0.914 (277
+s, --model cnn). Frozen mn04-as features + MLP head 0.396; that head then fine-tuned with the backbone for 2 epochs
+0.472 (835 s). Utterance normalisation is not the default: windows holding the tail of a word get stretched to full
+contrast, and in a stream they open false events (the tail of "one" read as "seven"). Speech Commands sample, 44
+validation-list clips: default 0.295 (transfer kept, 37 s); --synthesize 0.909 (CNN, 5010 synthetic takes, 2000
+drawn each epoch, 187 s); with --input-norm utterance too 0.909 (200 s); with the edge cuts and accented voices
+0.909 (211 s, takes rendered in the run).
 """
 
 from __future__ import annotations
