@@ -25,7 +25,7 @@ import numpy as np
 
 from earshot.audio import formats, pcm, pyav
 from earshot.audio.decoding import blocks
-from earshot.errors import AudioError
+from earshot.errors import AudioError, EarshotError
 
 __all__ = ["RAW_FORMATS", "SOUNDDEVICE_HINT", "URL_SCHEMES", "Feed", "LiveSource", "resolve"]
 
@@ -250,6 +250,8 @@ def _av_feed(target: Any, name: str, *, options: dict[str, str], timeout: float 
     av = pyav.require_av(name, "a non-WAV container on a pipe" if pipe else "a URL")
     try:
         c = av.open(target, mode="r", options=options, timeout=timeout, metadata_errors="ignore")
+    except EarshotError:  # raised by a file-like source itself: already says what went wrong
+        raise
     except Exception as e:
         what = "could not be opened" if not pipe else "is not a stream format the decoder recognises"
         hint = f" ({_RAW_HINT})" if pipe else ""

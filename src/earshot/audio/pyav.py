@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from earshot.errors import AudioError
+from earshot.errors import AudioError, EarshotError
 
 __all__ = ["MEDIA_EXTRA", "available", "decode_frames", "frame_to_mono", "import_av", "require_av"]
 
@@ -62,13 +62,16 @@ def frame_to_mono(frame: Any) -> np.ndarray:
 
 def decode_frames(container: Any, stream: Any, rate: int, source: str) -> Iterator[np.ndarray]:
     """Mono float32 chunks of an audio `stream` of an opened `container`, at `rate`: a frame at another rate (a
-    mid-stream change) is resampled to it. A decoder failure part-way raises AudioError ``truncated``."""
+    mid-stream change) is resampled to it. A decoder failure part-way raises AudioError ``truncated``; an
+    EarshotError raised by the source a file-like container reads (a stream gone idle) passes through as it is."""
     decoded = container.decode(stream)
     while True:
         try:
             frame = next(decoded)
         except StopIteration:
             return
+        except EarshotError:
+            raise
         except Exception as e:
             raise AudioError(f"is truncated or damaged: decoding failed part-way ({e})", source=source,
                              reason="truncated") from e

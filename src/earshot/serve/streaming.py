@@ -174,7 +174,7 @@ class Bridge:
         """The audio for `classify_feed`: the PCM as it was decoded, or the file's bytes opened as a pipe is
         (`earshot.audio.live`: WAV parsed as it comes, anything else through PyAV)."""
         if self.fmt is None:
-            return _file_feed(_FileBytes(self._chunks()), self.name)
+            return live.LiveSource(_FileBytes(self._chunks()), "pipe", self.name, timeout=None).open()
         assert self.rate is not None
         return live.Feed(self.name, self.rate, self._chunks())  # type: ignore[arg-type]
 
@@ -192,43 +192,18 @@ class Bridge:
             yield item
 
 
-def _file_feed(reader: _FileBytes, name: str) -> live.Feed:
-    """A file's bytes opened as a pipe is (`earshot.audio.live`); an error the bridge was given (idle, frame too
-    large) ends the feed as itself, not as the decoder's "truncated" that it causes."""
-    try:
-        feed = live.LiveSource(reader, "pipe", name, timeout=None).open()
-    except AudioError:
-        if reader.error is not None:
-            raise reader.error from None
-        raise
-
-    def chunks() -> Iterator[np.ndarray]:
-        try:
-            yield from feed.chunks
-        except AudioError:
-            if reader.error is not None:
-                raise reader.error from None
-            raise
-
-    return live.Feed(feed.name, feed.rate, chunks(), feed.close)
-
-
 class _FileBytes:
     """A file's bytes as they arrive, read like a pipe (`read` returns what is there, b"" at the end); an error
-    the bridge was given is raised by the read that reaches it, and kept in `error`."""
+    the bridge was given (idle, frame too large) is raised by the read that reaches it, and the decoder passes it
+    on as it is."""
 
     def __init__(self, pieces: Iterator[np.ndarray | bytes]) -> None:
         self._pieces = pieces
         self._rest = b""
-        self.error: BaseException | None = None
 
     def read(self, n: int = -1) -> bytes:
         while not self._rest:  # an empty frame is not the end
-            try:
-                piece = next(self._pieces, None)
-            except Exception as e:
-                self.error = e
-                raise
+            piece = next(self._pieces, None)
             if piece is None:
                 return b""
             self._rest = bytes(piece)

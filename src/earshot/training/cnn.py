@@ -100,17 +100,18 @@ class Waves:
     def __init__(self) -> None:
         self.decoded: dict[int, np.ndarray] = {}
         self.bad: dict[int, str] = {}
-        self.band_rate: int | None = None
+        self.band_rate: int | None = None  # the real clips' rate when synthetic takes are limited to it
         self._banded = False
 
     def _band(self, manifest: Manifest, log: Log) -> int | None:
-        """`real_band_rate` of the manifest, found once; logged when it band-limits synthetic takes."""
+        """`real_band_rate` of the manifest when it is below the CNN's rate (else None), found once and logged."""
         if not self._banded:
             self._banded = True
-            self.band_rate = real_band_rate(manifest)
-            if self.band_rate is not None and self.band_rate < SAMPLE_RATE:
-                log(f"synthetic takes band-limited to {self.band_rate} Hz sampling, as the real clips",
-                    stage="decode", band_rate=self.band_rate)
+            rate = real_band_rate(manifest)
+            if rate is not None and rate < SAMPLE_RATE:
+                self.band_rate = rate
+                log(f"synthetic takes band-limited to {rate} Hz sampling, as the real clips", stage="decode",
+                    band_rate=rate)
         return self.band_rate
 
     def decode_all(self, manifest: Manifest, log: Log) -> None:

@@ -37,7 +37,6 @@ from earshot.errors import AudioError, DataError
 from earshot.training import additions
 from earshot.training.card import write_bundle
 from earshot.training.cnn import NORMS, Waves, train_cnn
-from earshot.training.cnn import SAMPLE_RATE as CNN_RATE
 from earshot.training.evaluation import metrics_for
 from earshot.training.features import transfer_features
 from earshot.training.loading import load_manifest
@@ -187,7 +186,7 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
     if with_cnn:
         decoded = waves.get(manifest, np.concatenate([tr, va]), log)
         cnn = train_cnn(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log, norm=input_norm)
-        if waves.band_rate is not None and waves.band_rate < CNN_RATE:
+        if waves.band_rate is not None:
             cnn.config["synthetic_band_rate"] = waves.band_rate
         candidates.append(cnn)
     chosen = max(candidates, key=lambda c: c.val_accuracy)  # first (transfer) wins ties

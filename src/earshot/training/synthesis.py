@@ -150,6 +150,9 @@ def plan(labels: Sequence[str], *, words: Mapping[str, str] | None = None, per_l
     engines = [e for e in engines if pools[e]]
     if not engines:
         return []
+    # espeak-ng's other-language voices, drawn for ESPEAK_FOREIGN_SHARE of its takes
+    foreign = {e: [v for v in pools[e] if v.split("+")[0] in ESPEAK_FOREIGN] for e in engines}
+    native = {e: [v for v in pools[e] if v.split("+")[0] not in ESPEAK_FOREIGN] for e in engines}
     share = np.array([ENGINE_SHARE.get(e, 0.2) for e in engines])
     share = share / share.sum()
     out = []
@@ -162,13 +165,10 @@ def plan(labels: Sequence[str], *, words: Mapping[str, str] | None = None, per_l
         counts = np.floor(share * per_label).astype(int)
         counts[: per_label - counts.sum()] += 1
         for engine, n in zip(engines, counts):
-            pool = pools[engine]
-            if engine == "espeak-ng":
-                foreign = [v for v in pool if v.split("+")[0] in ESPEAK_FOREIGN]
-                native = [v for v in pool if v.split("+")[0] not in ESPEAK_FOREIGN]
             for _ in range(int(n)):
-                if engine == "espeak-ng":
-                    pool = foreign if foreign and rng.random() < ESPEAK_FOREIGN_SHARE else native
+                pool = native[engine]
+                if foreign[engine] and rng.random() < ESPEAK_FOREIGN_SHARE:
+                    pool = foreign[engine]
                 voice = pool[int(rng.integers(len(pool)))]
                 stretch = round(float(rng.uniform(0.8, 1.35)), 3)
                 pitch = round(float(rng.uniform(0.0, 1.0)), 3) if engine != "festival" else None

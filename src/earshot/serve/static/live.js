@@ -8,7 +8,7 @@
 const LIVE_SPAN = 30; // seconds shown by the scrolling lane while listening
 const LIVE_LANES = 8; // labels with a lane at most
 const MAX_BUFFERED = 1 << 18; // bytes queued on the socket before a file stream waits for the server
-const FILE_FRAME = 1 << 15; // bytes of PCM per frame when a file is streamed
+const FILE_FRAME = 1 << 15; // bytes per frame when a file is streamed (PCM, or a file's own bytes)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function streamUrl(params) {
@@ -462,13 +462,7 @@ async function wavSource(file) {
       return {
         rate: fmt.rate, channels: fmt.channels, format, bytesPerSecond,
         duration: (end - body) / bytesPerSecond,
-        async *chunks() {
-          const piece = frame * 32; // read about 1 MB at a time, sent in frames
-          for (let a = body; a < end; a += piece) {
-            const buf = await file.slice(a, Math.min(end, a + piece)).arrayBuffer();
-            for (let b = 0; b < buf.byteLength; b += frame) yield buf.slice(b, Math.min(buf.byteLength, b + frame));
-          }
-        },
+        chunks: () => fileFrames(file, body, end, frame),
       };
     }
     off = body + size + (size & 1);
@@ -480,17 +474,19 @@ async function wavSource(file) {
 // (any length and format, nothing decoded here, about 1 MB read at a time); the duration is the player's
 async function fileSource(file, player) {
   const duration = await mediaDuration(player);
-  const piece = 1 << 20;
-  const frame = 1 << 16;
   return {
     rate: null, channels: null, format: "file", bytesPerSecond: duration ? file.size / duration : null, duration,
-    async *chunks() {
-      for (let a = 0; a < file.size; a += piece) {
-        const buf = await file.slice(a, Math.min(file.size, a + piece)).arrayBuffer();
-        for (let b = 0; b < buf.byteLength; b += frame) yield buf.slice(b, Math.min(buf.byteLength, b + frame));
-      }
-    },
+    chunks: () => fileFrames(file, 0, file.size, FILE_FRAME),
   };
+}
+
+// bytes [start, end) of a file in frames of `frame` bytes, read about 32 frames (1 MB) at a time
+async function* fileFrames(file, start, end, frame) {
+  const piece = frame * 32;
+  for (let a = start; a < end; a += piece) {
+    const buf = await file.slice(a, Math.min(end, a + piece)).arrayBuffer();
+    for (let b = 0; b < buf.byteLength; b += frame) yield buf.slice(b, Math.min(buf.byteLength, b + frame));
+  }
 }
 
 // the player's duration once it has read the file's header (null when it cannot tell within 3 s)
