@@ -211,6 +211,7 @@ def test_samples_listed_and_served_safely(client, samples):
 def test_health_metrics_docs_page(client):
     h = client.get("/healthz").json()
     assert h["status"] == "ok" and "mn04-as" in h["models_loaded"]
+    assert 1 <= h["workers"] <= len(os.sched_getaffinity(0)) and h["ort_threads"] >= 1
     text = client.get("/metrics").text
     assert 'earshot_http_requests_total{route="/v1/predict",method="POST",status="200"}' in text
     assert 'earshot_http_request_duration_seconds_bucket{route="/v1/predict",le="+Inf"}' in text

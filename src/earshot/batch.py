@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from earshot import cores
 from earshot.errors import StorageError
 from earshot.pipeline.discovery import Discovery
 from earshot.pipeline.ledger import Ledger
@@ -89,7 +90,7 @@ def batch(src: str | Store, dst: str | os.PathLike, *, model="mn04-as", workers:
     bar = _Progress(todo, progress)
     try:
         if todo and engine == "local":
-            workers = workers or os.cpu_count() or 1
+            workers = workers or cores.usable()
             clf = load_model(model, workers)
             runner = Runner(run.src, run.dst, clf, run.ledger, sink=run.sink, workers=workers,
                             max_attempts=max_attempts, lease=lease, backoff=backoff, top_k=top_k,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from earshot import ranking
+from earshot import cores, ranking
 from earshot.bundle import MODEL_FILE, Bundle, read_bundle
 from earshot.errors import DataError, ModelError
 from earshot.packed import PackedReader, open_packed, split_rows
@@ -69,7 +69,7 @@ class HeadScorer:
         self.label_ids: list[str | None] = list(card.get("label_ids") or [None] * len(self.labels))
         self.dim = int(spec["embedding_dim"])
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = threads or cores.usable()
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(bundle.path / spec["file"]), opts,
                                             providers=["CPUExecutionProvider"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -29,4 +28,6 @@ def err(msg: str) -> None:
 
 def default_workers() -> int:
     """Classifier threads when a command is not told: one per core."""
-    return os.cpu_count() or 1
+    from earshot import cores
+
+    return cores.usable()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 
+from earshot import cores
 from earshot.errors import AudioError, StorageError
 from earshot.pipeline.logs import LOGGER
 from earshot.pipeline.storage import Store, result_keys, safe_key
@@ -42,7 +42,7 @@ def load_model(model, workers: int = 1):
         return model
     import earshot
 
-    return earshot.load(model, threads=max(1, (os.cpu_count() or 1) // max(1, workers)))
+    return earshot.load(model, threads=max(1, cores.usable() // max(1, workers)))
 
 
 def failure_record(key: str, exc: BaseException, model: str | None, attempts: int, reason: str) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from earshot import audio, limits
+from earshot import audio, cores, limits
 from earshot.errors import EarshotError, StorageError
 from earshot.search.index import SearchIndex, writer_lock
 from earshot.search.silence import audible
@@ -255,7 +254,7 @@ def _update(roots: list[str], out: str, model: str | None, window: float | None,
 def _embed_all(index: SearchIndex, clf: Classifier, todo: list[SourceFile],
                workers: int | None) -> Iterator[tuple[SourceFile, _Embedded | Exception]]:
     """(file, window embeddings or the failure) for each file, in order, embedded on `workers` threads."""
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    workers = max(1, min(workers or cores.usable(), len(todo) or 1))
     model = clf.single_threaded() if workers > 1 else clf
     known = {e.id: e.sha256 for e in index.files.values()}
 

@@ -169,6 +169,9 @@ class Health(BaseModel):
     models_loaded: list[str]
     inference_slots_used: int
     inference_slots: int
+    workers: int = Field(description="model calls that run at once; by default the cores this process may use "
+                         "(CPU affinity and the container's CPU quota, or EARSHOT_CORES)")
+    ort_threads: int = Field(description="ONNX Runtime threads per model call")
     streams_open: int = Field(description="WebSocket streams open on /v1/stream")
     max_streams: int
     max_upload_bytes: int = Field(description="largest upload /v1/predict takes; the page streams bigger files")

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from earshot.cores import usable as usable_cores
 from earshot.models.weights import earshot_home
 
 MB = 1 << 20
@@ -60,7 +61,7 @@ class Settings:
         self.state_dir = Path(self.state_dir or home / "serve").expanduser()
         self.samples_dir = Path(self.samples_dir).expanduser() if self.samples_dir else None
         self.train_roots = [Path(p).expanduser().resolve() for p in self.train_roots]
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         self.workers = self.workers if self.workers > 0 else cores
         self.max_inflight = self.max_inflight if self.max_inflight > 0 else self.workers
         self.max_queue = self.max_queue if self.max_queue >= 0 else 4 * self.max_inflight

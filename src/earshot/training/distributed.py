@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from earshot import cores
 from earshot.errors import DataError, EarshotError
 
 TIMEOUT = datetime.timedelta(hours=6)  # a barrier waits this long for rank 0 (features of a large data set)
@@ -163,8 +164,8 @@ def launch(devices: int, data: str | Path, out: str | Path, *, quiet: bool = Fal
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
     env = dict(os.environ)
     if not gpus and not env.get("OMP_NUM_THREADS"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        env["OMP_NUM_THREADS"] = str(max(1, cores // devices))  # CPU processes share the cores
+        n_cores = cores.usable()
+        env["OMP_NUM_THREADS"] = str(max(1, n_cores // devices))  # CPU processes share the cores
     with tempfile.TemporaryDirectory(prefix="earshot-ddp-") as tmp:
         path = Path(tmp) / "spec.json"
         path.write_text(json.dumps(spec))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from earshot import cores
 from earshot.errors import AudioError
 from earshot.training.manifest import Manifest
 
@@ -67,7 +68,7 @@ def training_threads() -> int:
     given = os.environ.get("OMP_NUM_THREADS", "").strip()
     if given.isdigit() and int(given) > 0:
         return int(given)
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+    return max(1, min(cores.usable(), 8))
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from earshot import cores
 from earshot.errors import DataError
 from earshot.models.weights import earshot_home
 from earshot.training.manifest import Item
@@ -236,7 +237,7 @@ def render(takes: Sequence[Take], versions: Mapping[str, str]) -> tuple[list[Pat
     with tempfile.TemporaryDirectory(prefix="earshot-synth-") as tmp:
         raw = {p: Path(tmp) / f"{p.stem}.wav" for _, p in todo}
         simple = [(t, raw[p]) for t, p in todo if t.engine != "festival"]
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max_workers=min(4, cores.usable())) as pool:
             list(pool.map(lambda tp: _run_engine(*tp), simple))
         _run_festival([(t, raw[p]) for t, p in todo if t.engine == "festival"])
         done = 0

@@ -36,6 +36,8 @@ async def healthz(request: Request, store: StoreDep, inference: InferenceDep) ->
         "models_loaded": store.loaded(),
         "inference_slots_used": inference.limiter.used,
         "inference_slots": inference.limiter.limit,
+        "workers": state.settings.workers,
+        "ort_threads": state.settings.ort_threads,
         "streams_open": state.streams.used,
         "max_streams": state.streams.limit,
         "max_upload_bytes": state.settings.max_upload_bytes,

@@ -1,0 +1,73 @@
+"""How many cores this process may use: the one count every pool and thread setting in earshot starts from.
+
+`os.cpu_count()` is the machine's count. In a container with a CPU limit (Kubernetes `limits.cpu`, `docker run
+--cpus`) or a process pinned with `taskset`, it is too many: a 2-CPU pod on a 64-core node would start 64
+inference threads and be throttled by the kernel most of each period. `usable()` is the smallest of
+
+- the CPUs the process may run on (its affinity mask),
+- the container's CPU quota (cgroup v2 `cpu.max`, or cgroup v1 `cpu.cfs_quota_us / cpu.cfs_period_us`),
+  rounded down (at least 1), as a fractional quota's last part would be throttled,
+- `EARSHOT_CORES` when it is set to a positive integer (an explicit override).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+CORES_ENV = "EARSHOT_CORES"
+
+
+def quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quota of this process (cgroup v2 or v1 under `root`), or None when unlimited
+    or unknown."""
+    for part in _cgroup_dirs(root):
+        try:
+            text = (part / "cpu.max").read_text().split()
+        except (OSError, ValueError):
+            text = []
+        if len(text) == 2 and text[0] != "max":
+            with contextlib.suppress(ValueError, ZeroDivisionError):
+                return int(text[0]) / int(text[1])
+        try:
+            q = int((part / "cpu.cfs_quota_us").read_text())
+            period = int((part / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if q > 0 and period > 0:
+            return q / period
+    return None
+
+
+def usable(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use (see the module's docstring); at least 1."""
+    given = os.environ.get(CORES_ENV, "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    q = quota(root)
+    if q is not None:
+        n = min(n, max(1, math.floor(q)))
+    return max(1, n)
+
+
+def _cgroup_dirs(root: Path) -> list[Path]:
+    """The cgroup folders that hold this process's CPU limits: its own (from /proc/self/cgroup, v2 then v1's
+    cpu controller), then the mount's root, where a container sees its own cgroup."""
+    dirs: list[Path] = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        rel = path.lstrip("/")
+        if controllers == "":
+            dirs.append(root / rel)
+        elif "cpu" in controllers.split(","):
+            dirs += [root / controllers / rel, root / "cpu" / rel, root / "cpu,cpuacct" / rel]
+    dirs += [root, root / "cpu", root / "cpu,cpuacct"]
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
