@@ -2,7 +2,7 @@
 
 Starts a real server in a subprocess, posts 5 s ESC-50 clips, prints figures (no assertions):
 
-    python benchmarks/serve.py [--clients 8] [--seconds 20] [--client raw|httpx] [--port 0]
+    python benchmarks/serve.py [--clients 8] [--seconds 20] [--client raw|httpx] [--port 0] [--pin]
 
 - steady: `--clients` closed-loop clients (fewer than the admission limit): the answered rate (req/s).
 - overload: 4x the admission limit, every client retrying at once: the answered rate and its ratio to the
@@ -10,6 +10,8 @@ Starts a real server in a subprocess, posts 5 s ESC-50 clips, prints figures (no
 - The two phases alternate in `--slices` slices each, so that on a machine shared with other work both see the
   same background load; each phase also reports the server's own CPU seconds (from /proc), per answer and per
   rejection, which other work does not change.
+- `--pin`: the server on one CPU and the load generator on the others, so that the clients' own work (a retry
+  storm's included) is not taken from the server: the overload figure is then what rejecting costs the server.
 - hostile: server RSS around a timeline request with a microscopic hop (422), a 173 MB upload from urllib (413
   read by the client, or a reset), and a timeline that runs past the deadline: when the 504 comes and how long
   the server's CPU stays busy after it.
@@ -52,9 +54,11 @@ def clips(n: int = 16) -> list[bytes]:
     return [f.read_bytes() for f in files]
 
 
-def start_server(port: int, env: dict[str, str]) -> subprocess.Popen:
+def start_server(port: int, env: dict[str, str], cpus: set[int] | None = None) -> subprocess.Popen:
+    """`earshot serve` in a child process (on `cpus` only, when given), once its default model is loaded."""
     code = f"from earshot.serve import run; run('mn04-as', '127.0.0.1', {port}, log_level='warning')"
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env})
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, preexec_fn=pin)
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
@@ -279,19 +283,32 @@ def main() -> None:
     ap.add_argument("--retry", choices=("now", "after"), default="now",
                     help="overload clients retry a 503 at once (now) or after its Retry-After (after)")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--pin", action="store_true",
+                    help="server on the first CPU, load generator on the others: what the server alone sustains, "
+                         "without the clients' own CPU (retry loops included) taken from it")
     args = ap.parse_args()
     port = args.port or free_port()
     env = {"EARSHOT_REQUEST_TIMEOUT_S": str(args.timeout)}
     env.setdefault("EARSHOT_MODEL_MIRROR", str(SHARED / "weights"))
     env.setdefault("EARSHOT_HOME", os.environ.get("EARSHOT_HOME", str(ROOT / ".cache" / "earshot")))
     data = clips()
-    proc = start_server(port, env)
+    server_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        server_cpus = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))
+    proc = start_server(port, env, server_cpus)
     base = f"http://127.0.0.1:{port}"
     try:
         health = httpx.get(base + "/healthz").json()
         limit = health["inference_slots"]
+        clients = min(args.clients, limit - 1)  # steady: under the admission limit
         print(
-            f"server: {os.cpu_count()} cores, admission limit {limit} (running + queue), "
+            f"server: {health['workers']} workers x {health['ort_threads']} threads"
+            f"{' on 1 pinned CPU, clients on the others' if args.pin else f', {os.cpu_count()} CPUs shared'}, "
+            f"admission limit {limit} (running + queue), "
             f"timeout {args.timeout:g} s; {len(data)} distinct 5 s clips; {args.client} client; "
             f"load average {os.getloadavg()[0]:.1f}"
         )
@@ -299,12 +316,12 @@ def main() -> None:
         over, part = 4 * limit, args.seconds / args.slices
         slices: dict[str, list[dict]] = {"steady": [], "overload": []}
         for _ in range(args.slices):
-            for name, n in (("steady", args.clients), ("overload", over)):
+            for name, n in (("steady", clients), ("overload", over)):
                 wait = float(args.retry == "after" and name == "overload") * health.get("retry_after_s", 1)
                 slices[name].append(measured(proc.pid, lambda n=n, w=wait: asyncio.run(
                     load(base, data, n, part, args.client, w))))
         steady, res = merge(slices["steady"]), merge(slices["overload"])
-        report(f"steady: {args.clients} clients, {args.seconds:g} s in {args.slices} slices", steady)
+        report(f"steady: {clients} clients, {args.seconds:g} s in {args.slices} slices", steady)
         report(f"overload: {over} clients (4x the limit, retrying {args.retry}), {args.seconds:g} s in "
                f"{args.slices} slices", res)
         slowest = max((max(v) for v in res["lat"].values()), default=0.0)
