@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import importlib.util
 import io
+import json
 import os
 import shutil
 import socket
@@ -189,6 +190,27 @@ def test_models_and_card(client):
     card = client.get("/v1/models/mn04-as").json()
     assert len(card["labels"]) == 527 and card["sample_rate"] == 32000
     assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_bundle_dropped_in_models_dir_is_served_at_once(tmp_path):
+    """A bundle folder copied into the models directory of a running server answers by its name at the next
+    request; once removed, the name is a 404 again; a name that is no folder name never reaches the disk."""
+    from earshot.models import pull
+
+    with running_server(tmp_path) as base, httpx.Client(base_url=base, timeout=60) as c:
+        assert c.post("/v1/predict", params={"model": "dropped"}, content=DOG.read_bytes()).status_code == 404
+        dropped = shutil.copytree(pull("mn04-as"), tmp_path / "models" / "dropped")
+        card = json.loads((dropped / "card.json").read_text())
+        (dropped / "card.json").write_text(json.dumps({**card, "name": "dropped"}))
+        r = c.post("/v1/predict", params={"model": "dropped"}, content=DOG.read_bytes())
+        assert r.status_code == 200 and r.json()["model"] == "dropped"
+        same = c.post("/v1/predict", content=DOG.read_bytes()).json()  # the default model: the same weights
+        assert r.json()["labels"] == same["labels"] and same["model"] == "mn04-as"
+        assert "dropped" in {m["name"] for m in c.get("/v1/models").json()["models"]}
+        shutil.rmtree(tmp_path / "models" / "dropped")
+        assert c.post("/v1/predict", params={"model": "dropped"}, content=DOG.read_bytes()).status_code == 404
+        for bad in ("../models/dropped", ".hidden", "a/b"):
+            assert c.post("/v1/predict", params={"model": bad}, content=DOG.read_bytes()).status_code == 404
 
 
 def test_samples_listed_and_served_safely(client, samples):

@@ -47,6 +47,7 @@ class ModelStore:
         self.load_options = dict(load_options or {})
         self._opts_key = json.dumps(self.load_options, sort_keys=True)
         self.extra: dict[str, Path] = {}  # bundles named on the command line, outside models_dir
+        self._registry: dict[str, Path] = {}  # registry models' bundle folders, once pulled
         self.default = default
         p = Path(default).expanduser()
         if is_bundle(p):  # `earshot serve --model ./bundle`
@@ -97,9 +98,11 @@ class ModelStore:
         Raises ModelError(reason=not_found) for an unknown name.
         """
         name = name or self.default
-        bundles = self.bundles()
-        if name in bundles:
-            return name, bundles[name]
+        if name in self.extra:
+            return name, self.extra[name]
+        folder = self.models_dir / name
+        if valid_name(name) and not name.startswith(".") and is_bundle(folder):  # as `bundles` lists them,
+            return name, folder  # without listing the folder at every request
         if name in models.REGISTRY or name in {m["name"] for m in models.list_models()}:
             return name, None
         raise ModelError(f"unknown model {name!r}", source=name, reason="not_found")
@@ -110,7 +113,9 @@ class ModelStore:
         A registry model is pulled (its bundle built) on first use, as `earshot.load` does.
         """
         name, path = self.resolve(name)
-        bundle = path or models.resolve(name)
+        bundle = path or self._registry.get(name)
+        if bundle is None or not is_bundle(bundle):  # a registry model: pulled (checked, built) once here
+            bundle = self._registry[name] = models.resolve(name)
         version = ""
         onnx = bundle / MODEL_FILE
         if onnx.is_file():
