@@ -35,6 +35,26 @@ def test_cgroup_v1_quota(tmp_path):
     assert cores.usable(tmp_path) == len(os.sched_getaffinity(0))
 
 
+def test_the_tightest_quota_of_the_cgroup_and_its_parents(tmp_path):
+    """A pod's limit sits on a parent of the container's cgroup: the tightest quota on the way up applies."""
+    root, own = tmp_path / "fs", tmp_path / "fs" / "kubepods" / "pod1" / "ctr"
+    own.mkdir(parents=True)
+    (own / "cpu.max").write_text("max 100000\n")
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("250000 100000\n")
+    (root / "kubepods" / "cpu.max").write_text("800000 100000\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1/ctr\n")
+    assert cores.quota(root, proc) == pytest.approx(2.5)
+    v1 = tmp_path / "v1" / "cpu,cpuacct" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    assert cores.quota(tmp_path / "v1", proc) == pytest.approx(1.5)
+    proc.write_text("4:cpu,cpuacct:/docker/other\n")  # another cgroup's limit is not ours
+    assert cores.quota(tmp_path / "v1", proc) is None
+
+
 def test_override(tmp_path, monkeypatch):
     (tmp_path / "cpu.max").write_text("100000 100000\n")
     monkeypatch.setenv(cores.CORES_ENV, "3")

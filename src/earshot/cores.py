@@ -20,25 +20,28 @@ from pathlib import Path
 CORES_ENV = "EARSHOT_CORES"
 
 
-def quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs allowed by the cgroup quota of this process (cgroup v2 or v1 under `root`), or None when unlimited
-    or unknown."""
-    for part in _cgroup_dirs(root):
-        try:
-            text = (part / "cpu.max").read_text().split()
-        except (OSError, ValueError):
-            text = []
-        if len(text) == 2 and text[0] != "max":
-            with contextlib.suppress(ValueError, ZeroDivisionError):
-                return int(text[0]) / int(text[1])
-        try:
-            q = int((part / "cpu.cfs_quota_us").read_text())
-            period = int((part / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        if q > 0 and period > 0:
-            return q / period
-    return None
+def quota(root: Path = Path("/sys/fs/cgroup"), cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quotas of this process (cgroup v2 or v1 under `root`; the tightest of its own
+    cgroup and every parent), or None when unlimited or unknown."""
+    found = [q for part in _cgroup_dirs(root, cgroup) if (q := _limit(part)) is not None]
+    return min(found, default=None)
+
+
+def _limit(folder: Path) -> float | None:
+    """The CPU quota one cgroup folder sets (v2 `cpu.max`, else v1 CFS files), in CPUs; None for none."""
+    try:
+        text = (folder / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        text = []
+    if len(text) == 2 and text[0] != "max":
+        with contextlib.suppress(ValueError, ZeroDivisionError):
+            return int(text[0]) / int(text[1]) or None
+    try:
+        q = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return q / period if q > 0 and period > 0 else None
 
 
 def usable(root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -53,21 +56,24 @@ def usable(root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, n)
 
 
-def _cgroup_dirs(root: Path) -> list[Path]:
-    """The cgroup folders that hold this process's CPU limits: its own (from /proc/self/cgroup, v2 then v1's
-    cpu controller), then the mount's root, where a container sees its own cgroup."""
+def _cgroup_dirs(root: Path, cgroup: Path) -> list[Path]:
+    """The cgroup folders whose limits apply to this process: its own cgroup (from `cgroup`, v2 and v1's cpu
+    controller) and each parent up to the mount's root, where a container sees its own cgroup."""
     dirs: list[Path] = []
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = cgroup.read_text().splitlines()
     except OSError:
         lines = []
     for line in lines:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        rel = path.lstrip("/")
+        rel = Path(path.lstrip("/"))
         if controllers == "":
-            dirs.append(root / rel)
+            bases = [root]
         elif "cpu" in controllers.split(","):
-            dirs += [root / controllers / rel, root / "cpu" / rel, root / "cpu,cpuacct" / rel]
+            bases = [root / controllers, root / "cpu", root / "cpu,cpuacct"]
+        else:
+            continue
+        for base in bases:
+            dirs += [base / p for p in (rel, *rel.parents)]
     dirs += [root, root / "cpu", root / "cpu,cpuacct"]
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
-
