@@ -234,6 +234,16 @@ def test_fifo_and_device_paths_fail_at_once(dog, tmp_path):
     np.testing.assert_array_equal(y, audio.decode(dog, SR))
 
 
+def test_a_url_says_how_to_read_it():
+    """A URL given as a file path is not fetched; the error says what does read it."""
+    with pytest.raises(AudioError) as e:
+        audio.decode("https://example.com/dog.wav", 32000)
+    assert e.value.reason == "not_found" and "--allow-url" in str(e.value) and "s3://" in str(e.value)
+    with pytest.raises(AudioError) as e:
+        audio.decode("/no/such/dog.wav", 32000)
+    assert "URL" not in str(e.value)  # the hint is for URLs only
+
+
 def test_info_and_duration(dog, media):
     i = audio.info(dog)
     assert (i.sample_rate, i.channels, i.frames, i.format, i.backend) == (16000, 1, 80000, "WAV", "soundfile")

@@ -90,7 +90,8 @@ class Input:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            hint = " (a URL is not fetched here: read the object first, e.g. with earshot.storage)"
+            hint = (" (URLs are not fetched for a prediction: download the file first, or stream it with "
+                    "`earshot stream URL --allow-url`; `earshot predict` reads s3:// objects and prefixes)")
             raise self.error("not_found", "no such file" + (hint if "://" in path else "")) from None
         except OSError as e:
             raise self.error("read_error", f"could not be read: {e.strerror or e}") from None
