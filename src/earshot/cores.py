@@ -2,12 +2,14 @@
 
 `os.cpu_count()` is the machine's count. In a container with a CPU limit (Kubernetes `limits.cpu`, `docker run
 --cpus`) or a process pinned with `taskset`, it is too many: a 2-CPU pod on a 64-core node would start 64
-inference threads and be throttled by the kernel most of each period. `usable()` is the smallest of
+inference threads and be throttled by the kernel most of each period. `usable()` is the smaller of
 
 - the CPUs the process may run on (its affinity mask),
-- the container's CPU quota (cgroup v2 `cpu.max`, or cgroup v1 `cpu.cfs_quota_us / cpu.cfs_period_us`),
-  rounded down (at least 1), as a fractional quota's last part would be throttled,
-- `EARSHOT_CORES` when it is set to a positive integer (an explicit override).
+- the tightest CPU quota of the process's cgroup and its parents (cgroup v2 `cpu.max`, or v1
+  `cpu.cfs_quota_us / cpu.cfs_period_us`), rounded down (at least 1), as a fractional quota's last part would
+  be throttled;
+
+`EARSHOT_CORES`, when set to a positive integer, replaces both (an explicit override).
 """
 
 from __future__ import annotations
