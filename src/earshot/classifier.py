@@ -91,7 +91,8 @@ class Classifier:
         self._pinned: ort.InferenceSession | None = None  # set on single_threaded() views
         self._inflight = 0
         self._masks: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray | None] = {}
-        self.threads: int = threads or cores.usable()
+        self.cores = cores.usable()  # counted once: the window pool and predict_many size themselves on it
+        self.threads: int = threads or self.cores
         self.session = self._session(self.threads)
 
     def _session(self, threads: int) -> ort.InferenceSession:
@@ -177,7 +178,7 @@ class Classifier:
         (`earshot.limits.stopper`) is called before each batch and raises to abandon the rest."""
         per = max(1, min(8, self.BATCH_SECONDS * self.sample_rate // max(1, frames.shape[1])))
         chunks = [frames[i : i + per] for i in range(0, len(frames), per)]
-        workers = min(len(chunks), cores.usable())
+        workers = min(len(chunks), self.cores)
         if workers > 1:
             session = self._pinned or self._single_thread_session()
 
@@ -283,7 +284,7 @@ class Classifier:
         classes = (classes,) if isinstance(classes, str) else tuple(classes or ())
         exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
         self.class_mask(classes, exclude)  # an unknown class fails the call, not every input
-        workers = workers or cores.usable()
+        workers = workers or self.cores
         if isinstance(sources, Sized):  # one input needs no pool, nor a second session
             workers = max(1, min(workers, len(sources)))
         clf = self.single_threaded() if workers > 1 else self

@@ -61,10 +61,15 @@ class ModelStore:
         found: dict[str, Path] = {}
         if self.models_dir.is_dir():
             for child in sorted(self.models_dir.iterdir()):
-                if not child.name.startswith(".") and valid_name(child.name) and is_bundle(child):
+                if self._folder(child.name) is not None:
                     found[child.name] = child
         found.update(self.extra)
         return found
+
+    def _folder(self, name: str) -> Path | None:
+        """The bundle folder `name` in `models_dir`, or None (not a folder name, hidden, or not a bundle)."""
+        folder = self.models_dir / name
+        return folder if valid_name(name) and not name.startswith(".") and is_bundle(folder) else None
 
     def list(self) -> list[dict]:
         """One summary dict per model: name, description, source (registry|bundle), card summary."""
@@ -100,9 +105,8 @@ class ModelStore:
         name = name or self.default
         if name in self.extra:
             return name, self.extra[name]
-        folder = self.models_dir / name
-        if valid_name(name) and not name.startswith(".") and is_bundle(folder):  # as `bundles` lists them,
-            return name, folder  # without listing the folder at every request
+        if (folder := self._folder(name)) is not None:  # as `bundles` finds it, without listing the folder
+            return name, folder
         if name in models.REGISTRY or name in {m["name"] for m in models.list_models()}:
             return name, None
         raise ModelError(f"unknown model {name!r}", source=name, reason="not_found")
@@ -112,15 +116,16 @@ class ModelStore:
 
         A registry model is pulled (its bundle built) on first use, as `earshot.load` does.
         """
-        name, path = self.resolve(name)
-        bundle = path or self._registry.get(name)
-        if bundle is None or not is_bundle(bundle):  # a registry model: pulled (checked, built) once here
-            bundle = self._registry[name] = models.resolve(name)
-        version = ""
-        onnx = bundle / MODEL_FILE
-        if onnx.is_file():
-            st = onnx.stat()
+        name, bundle = self.resolve(name)
+        if bundle is None:  # a registry model: pulled (checked, built) once here
+            bundle = self._registry.get(name)
+            if bundle is None or not is_bundle(bundle):
+                bundle = self._registry[name] = models.resolve(name)
+        try:  # a rebuilt graph is a new version
+            st = (bundle / MODEL_FILE).stat()
             version = f"{st.st_mtime_ns}-{st.st_size}"
+        except OSError:
+            version = ""
         key = (name, version, self._opts_key)
         with _CACHE_LOCK:
             if key in _CACHE:

@@ -164,8 +164,7 @@ def launch(devices: int, data: str | Path, out: str | Path, *, quiet: bool = Fal
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
     env = dict(os.environ)
     if not gpus and not env.get("OMP_NUM_THREADS"):
-        n_cores = cores.usable()
-        env["OMP_NUM_THREADS"] = str(max(1, n_cores // devices))  # CPU processes share the cores
+        env["OMP_NUM_THREADS"] = str(max(1, cores.usable() // devices))  # CPU processes share the cores
     with tempfile.TemporaryDirectory(prefix="earshot-ddp-") as tmp:
         path = Path(tmp) / "spec.json"
         path.write_text(json.dumps(spec))
