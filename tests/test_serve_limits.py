@@ -394,3 +394,43 @@ def test_rejections_are_held_only_under_a_retry_storm():
         calm.shutdown()
     finally:
         inference.shutdown()
+
+
+def test_a_held_request_takes_a_slot_freed_during_its_hold():
+    """Under a retry storm a request that finds every slot taken waits for one: a slot freed during the hold
+    goes to the longest waiter (first come, first served) instead of back to the pool, a waiter whose hold
+    runs out is refused and counted, and a waiter cancelled as it is handed a slot gives the slot back."""
+    import asyncio
+
+    from earshot.serve.inference import Inference
+    from earshot.serve.metrics import Metrics
+    from earshot.serve.settings import Settings
+
+    async def scenario() -> None:
+        metrics = Metrics()
+        inference = Inference(Settings(max_inflight=1, max_queue=0, reject_hold_ms=200, reject_hold_above=0),
+                              metrics)
+        try:
+            first = await inference.admit_or_hold()
+            assert first is not None and inference.limiter.used == 1
+            second = asyncio.ensure_future(inference.admit_or_hold())
+            third = asyncio.ensure_future(inference.admit_or_hold())
+            await asyncio.sleep(0.02)
+            assert not second.done() and not third.done()
+            first.drop()  # the slot passes to the first waiter; the count of slots in use stays 1
+            ticket = await asyncio.wait_for(second, 1)
+            assert ticket is not None and inference.limiter.used == 1 and not third.done()
+            assert await asyncio.wait_for(third, 1) is None  # its hold ran out: 503
+            assert 'earshot_rejected_total{reason="overload"} 1' in metrics.render()
+            fourth = asyncio.ensure_future(inference.limiter.wait(1.0))
+            await asyncio.sleep(0.01)
+            ticket.drop()  # handed to the fourth waiter, which is cancelled before it runs again
+            fourth.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await fourth
+            assert inference.limiter.used == 0
+            assert await inference.admit_or_hold() is not None
+        finally:
+            inference.shutdown()
+
+    asyncio.run(scenario())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -27,22 +28,49 @@ TICKET = "earshot.ticket"  # scope key of an admitted request's Ticket
 
 
 class Limiter:
-    """Admission control: at most `limit` requests hold a slot (running or queued for a worker)."""
+    """Admission control: at most `limit` requests hold a slot (running or queued for a worker). A request that
+    finds every slot taken may `wait` a bounded time: slots freed meanwhile pass to the waiters in arrival order.
+    Called on the event loop only."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self._waiters: deque[asyncio.Future[bool]] = deque()
 
     def full(self) -> bool:
         return self.used >= self.limit
 
-    def try_acquire(self) -> bool:  # called on the event loop only
+    def try_acquire(self) -> bool:
         if self.used >= self.limit:
             return False
         self.used += 1
         return True
 
+    async def wait(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a slot (True: it is held now, as after `try_acquire`)."""
+        if self.try_acquire():
+            return True
+        loop = asyncio.get_running_loop()
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(fut)
+        timer = loop.call_later(seconds, lambda: fut.done() or fut.set_result(False))
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.result():  # handed a slot as it was cancelled
+                self.release()
+            raise
+        finally:
+            timer.cancel()
+
     def release(self) -> None:
+        while self._waiters:  # the slot passes straight to the longest waiter, if any
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
         self.used -= 1
 
 
@@ -81,10 +109,10 @@ class Inference:
         self._second, self._this, self._last = 0, 0, 0  # rejections counted per second (this one, the last)
 
     def reject_hold(self) -> float:
-        """Seconds to hold a 503 before sending it (called once per rejection, on the event loop): while
-        rejections come faster than `reject_hold_above` a second (clients retrying at once, not after
-        Retry-After) each waits `reject_hold_ms` without using CPU, so that rejecting does not crowd out
-        answering; otherwise none."""
+        """Seconds a request that found every slot taken waits for one before its 503 (called once per such
+        request, on the event loop): while they come faster than `reject_hold_above` a second (clients retrying
+        at once, not after Retry-After) each waits up to `reject_hold_ms` without using CPU, so that rejecting
+        does not crowd out answering; otherwise none."""
         now = time.monotonic()
         second = int(now)
         if second != self._second:
@@ -99,6 +127,21 @@ class Inference:
         if not self.limiter.try_acquire():
             self.metrics.reject("overload")
             return None
+        return self._ticket()
+
+    async def admit_or_hold(self) -> Ticket | None:
+        """As `admit`, except that under a retry storm (`reject_hold`) a request that finds every slot taken
+        waits up to the hold for one: a slot freed meanwhile admits the longest waiter instead of answering it
+        503 and taking its retry (upload included) a moment later."""
+        if self.limiter.try_acquire():
+            return self._ticket()
+        hold = self.reject_hold()
+        if hold > 0 and await self.limiter.wait(hold):
+            return self._ticket()
+        self.metrics.reject("overload")
+        return None
+
+    def _ticket(self) -> Ticket:
         return Ticket(time.monotonic() + self.settings.request_timeout_s, self.limiter.release)
 
     def overloaded(self) -> ApiError:

@@ -230,10 +230,11 @@ class Admission:
     """Admission and deadline of the inference routes (`POST /v1/predict`, `/v1/spectrogram`), decided from the
     request line alone, before routing and before any body is read.
 
-    With every slot taken the answer is 503 + Retry-After at once. An admitted request carries a `Ticket`
-    (`scope[TICKET]`) whose deadline covers its upload, queue wait and model work: past it the request is
-    answered 504 and its model work stopped at its next window batch. The work stops as well when the client
-    disconnects. The slot is free again once the answer is given and the work has stopped.
+    With every slot taken the answer is 503 + Retry-After at once; under a retry storm the request first waits
+    up to `reject_hold_ms` for a slot to free (`Inference.admit_or_hold`), still before its body is read. An
+    admitted request carries a `Ticket` (`scope[TICKET]`) whose deadline covers its upload, queue wait and model
+    work: past it the request is answered 504 and its model work stopped at its next window batch. The work stops
+    as well when the client disconnects. The slot is free again once the answer is given and the work has stopped.
     """
 
     def __init__(self, app: ASGIApp, inference: Inference, default_model: str) -> None:
@@ -243,11 +244,8 @@ class Admission:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) not in INFERENCE_PATHS:
             return await self.app(scope, receive, send)
-        ticket = self.inference.admit()
+        ticket = await self.inference.admit_or_hold()
         if ticket is None:
-            hold = self.inference.reject_hold()
-            if hold > 0:
-                await asyncio.sleep(hold)
             return await self.failure(scope, self.inference.overloaded())(scope, receive, send)
         scope[TICKET] = ticket
         held = True

@@ -40,7 +40,7 @@ class Settings:
     max_audio_s: float = 3600.0  # audio seconds one request may hold (413 past it); 0 = no bound
     drain_timeout_s: float = 30.0  # how long the unread rest of a refused body is read and dropped
     retry_after_s: int = 1
-    reject_hold_ms: float = 30.0  # under a retry storm a 503 waits this long first (no CPU): retries slow down
+    reject_hold_ms: float = 30.0  # under a retry storm a request finding no slot waits this long for one, then 503
     reject_hold_above: float = 100.0  # rejections a second past which the hold applies
     train_roots: list[Path] = field(default_factory=list)  # server-side folders /v1/train may read
     train_workers: int = 1
