@@ -296,6 +296,23 @@ def test_api_keys(tmp_path):
         assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
 
 
+def test_a_full_server_asks_for_the_key_before_it_answers_503(tmp_path):
+    """With every inference slot taken, a request without a valid key is still a 401, and one with a key a 503."""
+    with running_server(tmp_path, api_keys=["s3cret"], max_inflight=1, max_queue=0) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as slow:  # headers only: holds the one slot
+            slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: s3cret\r\n"
+                         b"Content-Length: 100000\r\n\r\nRIFF")
+            deadline = time.time() + 5
+            while httpx.get(base + "/healthz").json()["inference_slots_used"] < 1:
+                assert time.time() < deadline, "the slow upload was not admitted"
+                time.sleep(0.02)
+            assert httpx.post(base + "/v1/predict", content=DOG.read_bytes()).status_code == 401
+            r = httpx.post(base + "/v1/predict", content=DOG.read_bytes(), headers={"X-API-Key": "s3cret"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            failure_shape(r.json(), "overloaded")
+
+
 def test_cors(tmp_path):
     with running_server(tmp_path, cors_origins=["http://app.example"]) as base:
         r = httpx.options(

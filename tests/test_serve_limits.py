@@ -273,6 +273,21 @@ def test_admission_answers_503_before_the_body_and_slow_uploads_end_at_the_deadl
             answer = read_response(s)
         assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
         assert b'"reason":"overloaded"' in answer
+        # the same answer, titled and counted as the app would, whichever layer gives it: a plain keep-alive
+        # request (answered outside the app's layers) and one that asks to close (answered by `Admission`)
+        for extra in (b"", b"Connection: close\r\n"):
+            with socket.create_connection((host, int(port))) as s:
+                s.settimeout(5)
+                s.sendall(b"POST /v1/predict?title=shed.wav HTTP/1.1\r\nHost: x\r\n" + extra
+                          + b"Content-Length: 100000\r\n\r\n")
+                head, _, body = read_response(s).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503") and b"x-error-type: overloaded" in head.lower(), head
+            data = json.loads(body)
+            assert (data["title"], data["model"], data["error"]["reason"]) == ("shed.wav", "mn04-as", "overloaded")
+        text = httpx.get(base + "/metrics").text
+        line = next(x for x in text.splitlines()
+                    if x.startswith('earshot_http_requests_total{route="/v1/predict",method="POST",status="503"}'))
+        assert int(line.split()[-1]) >= 3
         for s in slow:  # past the deadline every slow upload is answered 504 and its slot freed
             s.settimeout(TIMEOUT_S + 5)
             assert read_response(s).startswith(b"HTTP/1.1 504")

@@ -16,12 +16,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from earshot.serve.errors import add_exception_handlers
 from earshot.serve.inference import Inference
 from earshot.serve.jobs import JobRunner, JobStore
 from earshot.serve.metrics import Metrics
-from earshot.serve.middleware import Admission, ApiKeys, BodyLimit, RequestMetrics
+from earshot.serve.middleware import Admission, ApiKeys, BodyLimit, RequestMetrics, Shed
 from earshot.serve.routers import meta, models, pages, predict, samples, search, stream, train
 from earshot.serve.settings import Settings
 from earshot.serve.store import ModelStore
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers=settings.train_workers,
         timeout_s=settings.train_timeout_s,
     )
-    app = FastAPI(
+    app = _App(
         title="earshot",
         version=meta.version(),
         lifespan=_lifespan,
@@ -85,6 +86,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=pages.SWAGGER_UI), name="docs-assets")
     return app
+
+
+class _App(FastAPI):
+    """FastAPI with `Shed` around its whole middleware stack: the overloaded request is answered before any
+    layer runs."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        state = self.state
+        return Shed(super().build_middleware_stack(), state.settings, state.inference, state.metrics,
+                    state.store.default)
 
 
 @asynccontextmanager

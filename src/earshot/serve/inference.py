@@ -65,6 +65,11 @@ class Limiter:
         finally:
             timer.cancel()
 
+    def give_back(self) -> None:
+        """Free a slot without handing it to a waiter: for a caller that takes it again (`try_acquire`) before
+        the event loop runs anything else."""
+        self.used -= 1
+
     def release(self) -> None:
         while self._waiters:  # the slot passes straight to the longest waiter, if any
             waiter = self._waiters.popleft()
@@ -130,16 +135,21 @@ class Inference:
         return self._ticket()
 
     async def admit_or_hold(self) -> Ticket | None:
-        """As `admit`, except that under a retry storm (`reject_hold`) a request that finds every slot taken
-        waits up to the hold for one: a slot freed meanwhile admits the longest waiter instead of answering it
-        503 and taking its retry (upload included) a moment later."""
-        if self.limiter.try_acquire():
+        """As `admit`, except that under a retry storm a request that finds every slot taken waits for one
+        first (`hold_for_slot`)."""
+        if self.limiter.try_acquire() or await self.hold_for_slot():
             return self._ticket()
+        return None
+
+    async def hold_for_slot(self) -> bool:
+        """For a request that found every slot taken: under a retry storm (`reject_hold`) wait up to the hold
+        for one (True: held now). A slot freed meanwhile admits the longest waiter instead of answering it 503
+        and taking its retry (upload included) a moment later. False: no slot, counted as an overload rejection."""
         hold = self.reject_hold()
         if hold > 0 and await self.limiter.wait(hold):
-            return self._ticket()
+            return True
         self.metrics.reject("overload")
-        return None
+        return False
 
     def _ticket(self) -> Ticket:
         return Ticket(time.monotonic() + self.settings.request_timeout_s, self.limiter.release)

@@ -1,9 +1,11 @@
 """Pure ASGI middleware: request metrics (every request), body size cap (413) and early answers that every
 client reads, API keys (401), admission and deadlines of the inference routes (503, 504).
 
-Installed outermost first: `RequestMetrics` sees every answer; `BodyLimit` refuses a declared or streamed body
-past the route's cap and drains the unread body behind any early answer; `ApiKeys` refuses before any body is
-read; `Admission` takes an inference slot (or answers 503) before routing, then holds the request to its deadline.
+Installed outermost first: `RequestMetrics` sees every answer (but those of `Shed`, which counts its own);
+`BodyLimit` refuses a declared or streamed body past the route's cap and drains the unread body behind any early
+answer; `ApiKeys` refuses before any body is read; `Admission` takes an inference slot (or answers 503) before
+routing, then holds the request to its deadline. `Shed`, outside all of them and of FastAPI's own layers,
+answers the plain overloaded request at the least cost.
 """
 
 from __future__ import annotations
@@ -78,6 +80,21 @@ class RequestMetrics:
             self.metrics.observe(name, method, state["status"], time.perf_counter() - t0)
 
 
+def authorized(scope: Scope, keys: list[bytes]) -> bool:
+    """Whether a request gives one of `keys` (`X-API-Key`, `Authorization: Bearer`, or for a WebSocket
+    `?api_key=`)."""
+    headers = dict(scope["headers"])
+    given = headers.get(b"x-api-key")
+    auth = headers.get(b"authorization", b"")
+    if not given and auth[:7].lower() == b"bearer ":
+        given = auth[7:].strip()
+    if not given and scope["type"] == "websocket" and scope.get("query_string"):
+        # browsers cannot set headers on a WebSocket: `?api_key=` there (never for HTTP, where it would leak
+        # into logs and caches)
+        given = (parse_qs(scope["query_string"].decode("latin-1")).get("api_key") or [""])[0].encode()
+    return bool(given) and any(hmac.compare_digest(given, k) for k in keys)
+
+
 class ApiKeys:
     """401 for `/v1/*` and `/metrics` without a valid key (`X-API-Key` or `Authorization: Bearer`); a WebSocket
     under `/v1/` may also give it as `?api_key=`, and without one gets an error record and close code 1008."""
@@ -87,16 +104,7 @@ class ApiKeys:
         self.keys = [k.encode() for k in keys]
 
     def authorized(self, scope: Scope) -> bool:
-        headers = dict(scope["headers"])
-        given = headers.get(b"x-api-key")
-        auth = headers.get(b"authorization", b"")
-        if not given and auth[:7].lower() == b"bearer ":
-            given = auth[7:].strip()
-        if not given and scope["type"] == "websocket" and scope.get("query_string"):
-            # browsers cannot set headers on a WebSocket: `?api_key=` there (never for HTTP, where it would leak
-            # into logs and caches)
-            given = (parse_qs(scope["query_string"].decode("latin-1")).get("api_key") or [""])[0].encode()
-        return bool(given) and any(hmac.compare_digest(given, k) for k in self.keys)
+        return authorized(scope, self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = scope["type"] == "websocket" and self.keys and scope["path"].startswith("/v1/")
@@ -268,14 +276,7 @@ class Admission:
             release()
 
     def failure(self, scope: Scope, err: ApiError) -> Response:
-        """`err` as a Prediction-shaped failure, titled and named from the request line as the route would."""
-        query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
-        name = (query.get("title") or [None])[0] or dict(scope["headers"]).get(b"x-filename", b"").decode("latin-1")
-        model = (query.get("model") or [None])[0] or self.default_model
-        shape = self._shapes.get((err.type, err.message))
-        if shape is None:
-            shape = self._shapes[(err.type, err.message)] = Prediction(title="", error=err.to_dict()).to_dict()
-        return error_response(err.status, {**shape, "title": upload_title(name), "model": model}, err.headers)
+        return early_failure(scope, err, self.default_model, self._shapes)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, ticket: Ticket) -> None:
         """Run the app in this task; past the deadline (no answer started) or once the client is gone, cancel it
@@ -332,6 +333,66 @@ class Admission:
                 watcher.cancel()
         if stopped == "deadline" and not started:
             await self.failure(scope, self.inference.timed_out())(scope, receive, send)
+
+
+class Shed:
+    """Overload answered outside every other layer, the cheapest path there is. Around a rejection, the
+    middleware and FastAPI layers cost more server CPU than the 503 itself, so a request to an inference route
+    that finds every slot taken is decided here: it waits for a slot as `Admission` would
+    (`Inference.hold_for_slot`), then either goes on into the app, where `Admission` takes the slot this layer
+    frees before anything else runs, or gets its 503 here, counted in /metrics as the app would count it.
+
+    Only requests that no inner layer would answer otherwise are shed here: with a valid key (when keys are set),
+    a Content-Length within the upload cap and small enough for the connection to stay open (`BodyLimit`), no
+    `Expect`, `Transfer-Encoding` or `Connection: close`, and no `Origin` when CORS is on. Any other goes through
+    the app, whose `Admission` answers it the same way.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, inference: Inference, metrics: Metrics,
+                 default_model: str) -> None:
+        self.app, self.inference, self.metrics, self.default_model = app, inference, metrics, default_model
+        self.keys = [k.encode() for k in settings.api_keys]
+        self.largest = min(settings.max_upload_bytes, KEEP_ALIVE_DRAIN)
+        self.cors = bool(settings.cors_origins)
+        self._shapes: dict[tuple[str, str], dict] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or not self.inference.limiter.full() or scope["method"] != "POST"
+                or _route_path(scope) not in INFERENCE_PATHS or not self._plain(scope)):
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        if await self.inference.hold_for_slot():
+            self.inference.limiter.give_back()  # `Admission`, inside, takes it again before any other task runs
+            return await self.app(scope, receive, send)
+        self.metrics.start()
+        err = self.inference.overloaded()
+        await early_failure(scope, err, self.default_model, self._shapes)(scope, receive, send)
+        route = _route_path(scope)
+        self.metrics.error(route, err.type)
+        self.metrics.observe(route, "POST", err.status, time.perf_counter() - t0)
+
+    def _plain(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is None or not length.isdigit() or int(length) > self.largest:
+            return False
+        if b"expect" in headers or b"transfer-encoding" in headers or (self.cors and b"origin" in headers):
+            return False
+        if b"close" in headers.get(b"connection", b"").lower() or scope.get("http_version") == "1.0":
+            return False
+        return not self.keys or authorized(scope, self.keys)
+
+
+def early_failure(scope: Scope, err: ApiError, default_model: str, shapes: dict[tuple[str, str], dict]) -> Response:
+    """`err` as a Prediction-shaped failure, titled and named from the request line as the route would (`shapes`
+    caches the rendered failure per error)."""
+    query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
+    name = (query.get("title") or [None])[0] or dict(scope["headers"]).get(b"x-filename", b"").decode("latin-1")
+    model = (query.get("model") or [None])[0] or default_model
+    shape = shapes.get((err.type, err.message))
+    if shape is None:
+        shape = shapes[(err.type, err.message)] = Prediction(title="", error=err.to_dict()).to_dict()
+    return error_response(err.status, {**shape, "title": upload_title(name), "model": model}, err.headers)
 
 
 def _route_path(scope: Scope) -> str:
