@@ -449,3 +449,42 @@ def test_a_held_request_takes_a_slot_freed_during_its_hold():
             inference.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_request_held_in_front_of_the_app_goes_on_with_the_slot_it_is_handed(tmp_path):
+    """The plain overloaded request waits in `Shed`, outside the app's layers; handed a freed slot, it goes on
+    through the app, whose `Admission` takes that slot, and the route answers it (here 415: four bytes are no
+    audio); afterwards no slot stays taken."""
+    import asyncio
+
+    from earshot.serve.app import create_app
+    from earshot.serve.settings import Settings
+
+    app = create_app(Settings(model="mn04-as", models_dir=tmp_path / "models", state_dir=tmp_path / "state",
+                              max_inflight=1, max_queue=0, reject_hold_ms=2000, reject_hold_above=0))
+    limiter = app.state.inference.limiter
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"x"), (b"content-length", b"4")], "http_version": "1.1", "scheme": "http",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555)}
+
+    async def scenario() -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"RIFF", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        assert limiter.try_acquire()  # the one slot is taken
+        task = asyncio.ensure_future(app(dict(scope), receive, send))
+        await asyncio.sleep(0.1)
+        assert not sent and not task.done()  # held, not refused
+        limiter.release()  # freed: handed to the held request
+        await asyncio.wait_for(task, 10)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 415, sent[0]
+    assert limiter.used == 0 and app.state.inference.metrics.rejected.get("overload", 0) == 0
+    app.state.inference.shutdown()
