@@ -135,3 +135,27 @@ def test_every_named_input_ends_with_one_record(tmp_path, tagger):
     assert [r["error"]["reason"] for r in rows[1:]] == ["no_audio", "not_regular", "not_found"]
     assert all(r["labels"] == [] for r in rows[1:])
     assert b"3 of 4 inputs failed" in out.stderr
+
+
+def test_predict_skips_teardown_but_not_exit_handlers_nor_live_threads(tmp_path):
+    """`earshot predict` ends without the interpreter's teardown, but exit handlers registered before it still run,
+    its output file is whole, and a thread still running is waited for (the normal exit) instead of cut off."""
+    clips = [str(esc50_clip("dog", 0)), str(esc50_clip("rain", 0))]
+    runner = ("import atexit, pathlib, sys, threading, time\n"
+              "marker, late, args = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]\n"
+              "atexit.register(marker.write_text, 'ran')\n"
+              "if late.name != 'none':\n"
+              "    threading.Thread(target=lambda: (time.sleep(1.0), late.write_text('done'))).start()\n"
+              "sys.argv = ['earshot', *args]\n"
+              "from earshot.cli import main\n"
+              "main()\n")
+    for late_name in ("none", "late.txt"):
+        marker, late, out = tmp_path / f"marker-{late_name}", tmp_path / late_name, tmp_path / f"out-{late_name}.jsonl"
+        proc = subprocess.run([sys.executable, "-c", runner, str(marker), str(late), "predict", *clips, "-f", "jsonl",
+                               "-o", str(out), "--quiet"], capture_output=True, timeout=300, env=os.environ.copy())
+        assert proc.returncode == 0, proc.stderr
+        assert marker.read_text() == "ran"
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["title"] for r in rows] == clips and all(r["error"] is None and r["labels"] for r in rows)
+        if late_name != "none":
+            assert late.read_text() == "done"

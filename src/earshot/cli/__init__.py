@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import sys
+import threading
+from typing import NoReturn
 
 if sys.argv[1:2] == ["predict"]:
     # numpy's OpenBLAS starts a pool of threads when numpy is imported and joins it at exit: about 20 ms of each
@@ -39,7 +42,30 @@ def main(argv: list[str] | None = None) -> None:
         return
     solo = typer.Typer(add_completion=False)  # one command and no callback: typer runs it as the program itself
     solo.registered_commands = [info]
-    solo(args=args[1:], prog_name=f"earshot {args[0]}")
+    if args[0] != "predict":
+        solo(args=args[1:], prog_name=f"earshot {args[0]}")
+        return
+    try:
+        solo(args=args[1:], prog_name=f"earshot {args[0]}")
+    except SystemExit as done:
+        _leave(done)
+
+
+def _leave(done: SystemExit) -> NoReturn:
+    """End a finished one-shot command without the interpreter's teardown (finalising every module and object, and
+    the native libraries' static destructors: about 25 ms of each `earshot predict`, an eighth of its run on one
+    file). The exit handlers still run (logging, temporary files, anything a library registered) and the standard
+    streams are flushed first; with another thread alive, or anything unusual, the normal exit happens instead."""
+    code = done.code
+    if not (code is None or isinstance(code, int)) or threading.active_count() > 1:
+        raise done
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - e.g. a closed pipe: the normal exit reports it as Python does
+        raise done from None
+    os._exit(code or 0)
 
 
 def _command_name(info: typer.models.CommandInfo) -> str:
