@@ -3,6 +3,10 @@
 `app` (the console entry point) lives in `app`; importing this package registers every command: `predict`,
 `models`, `training` (train, evaluate), `pipeline` (watch, batch), `embeddings` (embed), `serving` (serve, stream),
 `search` (index, search).
+
+`earshot predict` is the command run once per file in shell loops, so its start and end are kept short: numpy's
+OpenBLAS gets one thread (set before numpy is imported), and a finished run skips the interpreter's teardown
+(`_leave`).
 """
 
 from __future__ import annotations
