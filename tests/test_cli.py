@@ -159,3 +159,8 @@ def test_predict_skips_teardown_but_not_exit_handlers_nor_live_threads(tmp_path)
         assert [r["title"] for r in rows] == clips and all(r["error"] is None and r["labels"] for r in rows)
         if late_name != "none":
             assert late.read_text() == "done"
+    # under a profiler the normal exit happens, so the profiler still reports
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-m", "earshot.cli", "predict", clips[0], "-f", "jsonl",
+                           "--quiet"], capture_output=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["error"] is None and b"function calls" in proc.stdout

@@ -59,9 +59,11 @@ def _leave(done: SystemExit) -> NoReturn:
     """End a finished one-shot command without the interpreter's teardown (finalising every module and object, and
     the native libraries' static destructors: about 25 ms of each `earshot predict`, an eighth of its run on one
     file). The exit handlers still run (logging, temporary files, anything a library registered) and the standard
-    streams are flushed first; with another thread alive, or anything unusual, the normal exit happens instead."""
+    streams are flushed first; with another thread alive, a tracer or profiler attached, or anything unusual, the
+    normal exit happens instead."""
     code = done.code
-    if not (code is None or isinstance(code, int)) or threading.active_count() > 1:
+    watched = sys.gettrace() is not None or sys.getprofile() is not None  # coverage, cProfile: they report at exit
+    if watched or not (code is None or isinstance(code, int)) or threading.active_count() > 1:
         raise done
     atexit._run_exitfuncs()
     try:
