@@ -159,6 +159,12 @@ def test_predict_skips_teardown_but_not_exit_handlers_nor_live_threads(tmp_path)
         assert [r["title"] for r in rows] == clips and all(r["error"] is None and r["labels"] for r in rows)
         if late_name != "none":
             assert late.read_text() == "done"
+    # called as a function (its arguments given), it ends in SystemExit and the caller goes on
+    called = ("import sys\nfrom earshot.cli import main\ntry:\n    main(sys.argv[1:])\n"
+              "except SystemExit as e:\n    print('after', e.code)\n")
+    proc = subprocess.run([sys.executable, "-c", called, "predict", clips[0], "-f", "jsonl", "--quiet"],
+                          capture_output=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == b"after 0", (proc.stdout, proc.stderr)
     # under a profiler the normal exit happens, so the profiler still reports
     proc = subprocess.run([sys.executable, "-m", "cProfile", "-m", "earshot.cli", "predict", clips[0], "-f", "jsonl",
                            "--quiet"], capture_output=True, timeout=300, env=os.environ.copy())

@@ -37,7 +37,8 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     """The console entry point. A command named first on the line is built alone: turning every command's
     signature into options costs tens of milliseconds at each start, which `earshot predict x.wav` need not pay.
-    Anything else (no command, `--help`, the `models` group) goes through the whole app."""
+    Anything else (no command, `--help`, the `models` group) goes through the whole app. Run as the program
+    (`argv` None), `predict` ends through `_leave`; called with `argv`, every command ends in SystemExit."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     args = sys.argv[1:] if argv is None else list(argv)
     info = next((c for c in app.registered_commands if args and _command_name(c) == args[0]), None)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     solo = typer.Typer(add_completion=False)  # one command and no callback: typer runs it as the program itself
     solo.registered_commands = [info]
-    if args[0] != "predict":
+    if args[0] != "predict" or argv is not None:  # given its arguments, main() is being called, not run
         solo(args=args[1:], prog_name=f"earshot {args[0]}")
         return
     try:
