@@ -47,13 +47,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     solo = typer.Typer(add_completion=False)  # one command and no callback: typer runs it as the program itself
     solo.registered_commands = [info]
-    if args[0] != "predict" or argv is not None:  # given its arguments, main() is being called, not run
-        solo(args=args[1:], prog_name=f"earshot {args[0]}")
-        return
     try:
         solo(args=args[1:], prog_name=f"earshot {args[0]}")
     except SystemExit as done:
-        _leave(done)
+        if args[0] == "predict" and argv is None:  # given its arguments, main() is being called, not run
+            _leave(done)
+        raise
 
 
 def _leave(done: SystemExit) -> NoReturn:

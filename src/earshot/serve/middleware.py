@@ -163,10 +163,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         cap = self.cap(scope["path"])
         headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
+        declared = declared_length(headers)
         expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
-        closing = b"close" in headers.get(b"connection", b"").lower() or scope.get("http_version") == "1.0"
+        closing = closes(scope, headers)
         if declared is not None and declared > cap:
             return await self.refuse(receive, send, cap, drain=not expects_continue)
         pending = bool(declared) or b"transfer-encoding" in headers  # some of the body is still unread
@@ -357,8 +356,10 @@ class Shed:
         self._shapes: dict[tuple[str, str], dict] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or not self.inference.limiter.full() or scope["method"] != "POST"
-                or _route_path(scope) not in INFERENCE_PATHS or not self._plain(scope)):
+        if scope["type"] != "http" or not self.inference.limiter.full() or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        route = _route_path(scope)
+        if route not in INFERENCE_PATHS or not self._plain(scope):
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         if await self.inference.hold_for_slot():
@@ -367,20 +368,28 @@ class Shed:
         self.metrics.start()
         err = self.inference.overloaded()
         await early_failure(scope, err, self.default_model, self._shapes)(scope, receive, send)
-        route = _route_path(scope)
         self.metrics.error(route, err.type)
         self.metrics.observe(route, "POST", err.status, time.perf_counter() - t0)
 
     def _plain(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is None or not length.isdigit() or int(length) > self.largest:
+        declared = declared_length(headers)
+        if declared is None or declared > self.largest or closes(scope, headers):
             return False
         if b"expect" in headers or b"transfer-encoding" in headers or (self.cors and b"origin" in headers):
             return False
-        if b"close" in headers.get(b"connection", b"").lower() or scope.get("http_version") == "1.0":
-            return False
         return not self.keys or authorized(scope, self.keys)
+
+
+def declared_length(headers: dict[bytes, bytes]) -> int | None:
+    """A request's Content-Length, or None when it has none (or not a number)."""
+    length = headers.get(b"content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def closes(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+    """Whether the connection ends with this request (`Connection: close`, or HTTP/1.0)."""
+    return b"close" in headers.get(b"connection", b"").lower() or scope.get("http_version") == "1.0"
 
 
 def early_failure(scope: Scope, err: ApiError, default_model: str, shapes: dict[tuple[str, str], dict]) -> Response:
