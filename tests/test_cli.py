@@ -104,6 +104,22 @@ def test_command_line_front():
     assert unknown.returncode == 2 and b"No such command" in unknown.stderr
 
 
+def test_help_reflows_to_the_terminal():
+    """A command's help is its docstring reflowed to the terminal's width, not cut where the source wraps."""
+    import inspect
+
+    from earshot.cli.predict import predict
+
+    doc = inspect.getdoc(predict)
+    assert "\n" in doc  # wrapped in the source
+    env = {**os.environ, "COLUMNS": "250"}
+    for args in (["--help"], ["predict", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "earshot.cli", *args], capture_output=True, text=True,
+                             timeout=120, env=env)
+        assert out.returncode == 0
+        assert any(" ".join(doc.split()) in " ".join(line.split()) for line in out.stdout.splitlines())
+
+
 def test_models_list_and_info():
     out = earshot("models", "list", "--format", "json")
     assert out.returncode == 0

@@ -25,11 +25,12 @@ if sys.argv[1:2] == ["predict"]:
 
 import typer  # noqa: E402
 
-from earshot.cli.app import app  # noqa: E402
+from earshot.cli.app import app, models_app, reflow_help  # noqa: E402
 
 # Importing a command module registers its commands; `earshot --help` lists them in this order.
 for _area in ("predict", "training", "embeddings", "serving", "pipeline", "search", "models"):
     importlib.import_module(f"earshot.cli.{_area}")
+reflow_help(app, models_app)
 
 __all__ = ["app", "main"]
 

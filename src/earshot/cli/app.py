@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import typer
@@ -19,6 +20,17 @@ Classes = Annotated[list[str] | None, typer.Option(
     "the model; repeatable.")]
 Exclude = Annotated[list[str] | None, typer.Option(
     "--exclude", help="No labels under this class (name or id, whole subtree) or of this label name; repeatable.")]
+
+
+def reflow_help(*apps: typer.Typer) -> None:
+    """Give each registered command its docstring as help with the line breaks inside a paragraph made spaces
+    (paragraphs kept). The rich help keeps a docstring's single line breaks, which cut sentences at the source's
+    width in the command list and on every terminal narrower or wider than that."""
+    for a in apps:
+        for info in a.registered_commands:
+            doc = inspect.getdoc(info.callback) if info.help is None and info.callback else None
+            if doc:
+                info.help = "\n\n".join(" ".join(p.split("\n")) for p in doc.split("\n\n"))
 
 
 def err(msg: str) -> None:
