@@ -335,6 +335,17 @@ def test_blocks_short_input_and_pyav(dog, media):
     np.testing.assert_allclose(np.concatenate(parts)[: len(full)], full[: sum(map(len, parts))], atol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["wav", "flac", "opus", "mp3", "m4a"])
+@pytest.mark.parametrize("rate", [None, 32000, 22050])
+def test_an_input_within_one_block_reads_as_if_streamed(dog, media, fmt, rate):
+    """A clip that fits in one block is read and resampled in one go: the very samples that streaming it gives."""
+    path = dog if fmt == "wav" else media[fmt]
+    (whole,) = list(audio.blocks(path, rate, 60.0))
+    streamed = np.concatenate(list(audio.blocks(path, rate, 0.3)))
+    assert whole.dtype == np.float32 and whole.flags.c_contiguous
+    np.testing.assert_array_equal(whole, streamed)
+
+
 def test_blocks_from_bytes_and_pipe(dog):
     want = audio.decode(dog, SR)
     got = np.concatenate(list(audio.blocks(dog.read_bytes(), SR, 1.0, name="upload.wav")))
