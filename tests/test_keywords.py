@@ -204,6 +204,7 @@ def test_keywords_in_continuous_audio_stream_with_timestamps(digits_bundle, tmp_
     quiet = [s for s in segments if all(abs((s["start"] + s["end"]) / 2 - c) > 1.0 for _, c in truth)]
     assert quiet and all(s["labels"][0] == "_silence_" for s in quiet)  # an outcome, not a forced digit
     assert records[-1]["type"] == "summary" and records[-1]["events"] == 3
+    assert records[-1]["event_counts"] == {d: 1 for d, _ in truth}  # the commands heard, "_silence_" not among them
 
     # the same audio streamed into a server's WebSocket, the bundle picked by name: the same keyword events
     shutil.copytree(digits_bundle, tmp_path / "models" / "digits")
@@ -222,6 +223,7 @@ def test_keywords_in_continuous_audio_stream_with_timestamps(digits_bundle, tmp_
     assert live[0]["type"] == "ready" and live[0]["model"] == card["name"] and "_silence_" in live[0]["labels"]
     assert [(e["label"], e["start"], e["end"]) for e in live if e["type"] == "event"] == [
         (e["label"], e["start"], e["end"]) for e in events]
+    assert live[-1]["type"] == "summary" and live[-1]["event_counts"] == records[-1]["event_counts"]
 
 
 @pytest.fixture(scope="module")

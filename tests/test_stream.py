@@ -64,6 +64,9 @@ def test_wav_piped_through_cat_gives_timed_segments_and_a_dog_event(tmp_path):
     summary = recs[-1]
     assert summary["type"] == "summary" and summary["stopped"] == "eof" and summary["error"] is None
     assert summary["duration"] == 5.0 and summary["segments"] == 9 and summary["labels"][0] == "Dog"
+    counts = {label: [e["label"] for e in events].count(label) for label in {e["label"] for e in events}}
+    assert summary["event_counts"] == counts and summary["events"] == len(events) and counts["Dog"] >= 1
+    assert list(summary["event_counts"].values()) == sorted(counts.values(), reverse=True)  # most heard first
 
 
 def test_stream_agrees_with_classifier_timeline(tagger):

@@ -222,7 +222,10 @@ def test_listen_streams_microphone_live(mic_browser, site):
     pg.wait_for_selector("#live-summary:not([hidden])")
     summary = pg.locator("#live-summary-chart .bar-label").all_inner_texts()
     assert set(summary) & DOG_LABELS, summary
-    assert "stopped: eof" in pg.locator("#live-summary-meta").inner_text()
+    meta = pg.locator("#live-summary-meta").inner_text()
+    assert "stopped: eof" in meta
+    heard = meta.split("heard ", 1)[1].split(" · ")[0].split(", ")  # the labels whose events were heard
+    assert {h.split(" ×")[0] for h in heard} & DOG_LABELS, meta
     assert pg.locator("#live-stop").is_hidden() and pg.locator("#error").is_hidden()
     assert pg.locator("#listen-label").inner_text() == "Listen"
     # a stream the server refuses ends with its error on show, not a hang

@@ -13,8 +13,9 @@ Records (JSON-ready dicts):
 - ``{"type": "event_start", "label", "label_id", "start", "score"}`` once an event is on and has lasted
   ``min_duration`` (every event_start is later followed by its event);
 - ``{"type": "event", "label", "label_id", "start", "end", "score"}`` when an event closes;
-- ``{"type": "summary", "source", "model", "duration", "segments", "events", "labels", "probabilities",
-  "labels_info", "stopped", "error"}`` at the end (``stopped``: eof, max_seconds, interrupted or error);
+- ``{"type": "summary", "source", "model", "duration", "segments", "events", "event_counts", "labels",
+  "probabilities", "labels_info", "stopped", "error"}`` at the end (``stopped``: eof, max_seconds, interrupted or
+  error; ``event_counts``: how many events each label had, most first: the commands or alarms heard);
 - ``{"type": "error", "source", "at", "error": {"type", "reason", "message"}}`` last, when the source failed
   part-way (a truncated or undecodable stream, a dropped connection): never a traceback.
 
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -133,7 +135,8 @@ def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, wi
     limit = None if max_seconds is None else max(1, round(max_seconds * sr))
     tracker = EventTracker.for_classifier(clf, threshold, min_duration, allowed)
     ring = _Ring(w)
-    state = {"total": 0, "next_end": w, "scored_to": 0, "segments": 0, "events": 0}
+    state = {"total": 0, "next_end": w, "scored_to": 0, "segments": 0}
+    heard: Counter[str] = Counter()  # events closed, by label
     clip_max = clip_sum = None
     stopped, error = "eof", None
 
@@ -161,7 +164,7 @@ def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, wi
                 opened, closed = tracker.update(s, b / sr, e / sr)
                 if event_starts:
                     yield from (event_record(ev, "event_start") for ev in opened)
-                state["events"] += len(closed)
+                heard.update(ev.label for ev in closed)
                 yield from (event_record(ev, "event") for ev in closed)
 
     def consume(piece: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
@@ -218,7 +221,7 @@ def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, wi
         except Exception as e:  # noqa: BLE001
             stopped, error = "error", e
     closed = tracker.flush()
-    state["events"] += len(closed)
+    heard.update(ev.label for ev in closed)
     yield from (event_record(ev, "event") for ev in closed)
 
     err = None
@@ -227,8 +230,8 @@ def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, wi
             "type": type(error).__name__, "reason": "internal", "message": f"{name}: {error}"}
     summary: dict[str, Any] = {"type": "summary", "source": name, "model": getattr(clf, "name", None),
                                "duration": round(total / sr, 3), "segments": state["segments"],
-                               "events": state["events"], "labels": [], "probabilities": [], "labels_info": [],
-                               "stopped": stopped, "error": err}
+                               "events": heard.total(), "event_counts": dict(heard.most_common()), "labels": [],
+                               "probabilities": [], "labels_info": [], "stopped": stopped, "error": err}
     if clip_max is not None:
         clip = clip_max if clf.multi_label else (clip_sum / state["segments"]).astype(np.float32)
         labels, probabilities, ids = ranking.ranked(clip, clf.labels, clf.label_ids, top_k, threshold, allowed=allowed)

@@ -249,6 +249,12 @@ function onRecord(s, rec) {
 
 function showSummary(s, rec) {
   const parts = [`${fmtTime(rec.duration)} of audio`, `${rec.segments} windows`, `${rec.events} events`];
+  // what was heard, most often first (event_counts): "heard yes ×3, no, stop"
+  const heard = Object.entries(rec.event_counts || {});
+  if (heard.length) {
+    const shown = heard.slice(0, 8).map(([label, n]) => (n > 1 ? `${label} ×${n}` : label));
+    parts.push(`heard ${shown.join(", ")}${heard.length > 8 ? ", …" : ""}`);
+  }
   if (rec.stopped) parts.push(`stopped: ${rec.stopped}`);
   $("#live-summary-meta").textContent = parts.join(" · ");
   renderLiveBars($("#live-summary-chart"), rec);
