@@ -169,9 +169,10 @@ class Blocks:
             self.close()
 
     def _within_one_block(self) -> bool:
-        """Whether the header promises an input that fits in one block."""
+        """Whether the input fits in one block by its header, read through libsndfile (whose reads stop at the
+        header's frame count, so a header that lies cannot make the one read larger)."""
         i = self.info
-        exact = self._stream is not None and self._stream.exact_frames
+        exact = self._stream is not None and self._stream.exact_frames and i.backend == "soundfile"
         return exact and i.frames is not None and i.frames * self.sample_rate <= self.block_size * i.sample_rate
 
     def _blocks(self) -> Iterator[np.ndarray]:
