@@ -209,15 +209,14 @@ class Blocks:
             n_held += len(piece)
             if n_held < size:
                 continue
-            buf = held[0] if len(held) == 1 else np.concatenate(held)
+            buf = _concat(held)
             while len(buf) >= size:
                 yield buf[:size].copy()
                 covered = start + size
                 buf, start = buf[hop:], start + hop
             held, n_held = ([buf], len(buf)) if len(buf) else ([], 0)
         if start + n_held > covered:
-            buf = held[0] if len(held) == 1 else np.concatenate(held) if held else np.zeros(0, np.float32)
-            yield np.ascontiguousarray(buf, dtype=np.float32)
+            yield np.ascontiguousarray(_concat(held), dtype=np.float32)
 
 
 def blocks(
