@@ -44,15 +44,16 @@ def run(name: str, out: Path, data, **options) -> dict:
     return row
 
 
-def fsdd_csv(folder: Path) -> Path:
-    """FSDD as a CSV manifest with the speaker as fold and group (so --val-fold SPEAKER holds one out)."""
-    path = folder / "fsdd.csv"
+def fsdd_csv(folder: Path, grouped: bool = True) -> Path:
+    """FSDD as a CSV manifest with the speaker as fold (so --val-fold or --test-fold SPEAKER holds one out) and,
+    when `grouped`, as group too (a validation fraction then takes whole speakers; without it, any takes)."""
+    path = folder / ("fsdd.csv" if grouped else "fsdd_takes.csv")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "fold", "group"])
+        w.writerow(["path", "label", "fold"] + (["group"] if grouped else []))
         for p in sorted((DATA / "fsdd" / "recordings").glob("*.wav")):
             digit, speaker, _ = p.stem.split("_")
-            w.writerow([str(p), digit, speaker, speaker])
+            w.writerow([str(p), digit, speaker] + ([speaker] if grouped else []))
     return path
 
 

@@ -10,6 +10,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +193,7 @@ def test_bad_model_family_is_rejected():
 def esc10_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "esc10"
     events = []
-    path = train(ESC50, out, model="transfer", filters=["esc10=True"], val_fold=4, quiet=True,
+    path = train(ESC50, out, model="transfer", filters=["esc10=True"], val_fold=4, test_fold=3, quiet=True,
                  progress=events.append)
     assert any(e.get("stage") == "epoch" for e in events) and events[-1]["stage"] == "done"
     return path
@@ -234,6 +236,28 @@ def test_esc10_bundle_round_trip_and_evaluate(esc10_bundle: Path):
         assert got[key] == card["metrics"][key], key
     again = evaluate(esc10_bundle, ESC50, filters=["esc10=True"], val_fold=4, split="val")
     assert again["accuracy"] == card["metrics"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_test_fold_is_held_out_and_scored_once(esc10_bundle: Path):
+    from earshot.training import evaluate
+
+    card = json.loads((esc10_bundle / "card.json").read_text())
+    data, test = card["data"], card["metrics"]["test"]
+    # fold 3 took no part: folds 1-2 trained, fold 4 validated, fold 3 scored by the exported bundle
+    assert (data["n_train"], data["n_validation"], data["n_test"]) == (160, 80, 80)
+    assert data["test_fold"] == "3" and card["training"]["test_fold"] == "3"
+    assert test["split"] == "test" and test["fold"] == "3" and test["n"] == 80 and test["skipped"] == 0
+    got = evaluate(esc10_bundle, ESC50, filters=["esc10=True"], val_fold=3)
+    for key in ("accuracy", "macro_f1", "confusion_matrix", "n"):
+        assert got[key] == test[key], key
+    assert test["accuracy"] >= 0.85, test["accuracy"]
+    with pytest.raises(earshot.DataError, match="both the validation and the test fold"):
+        fit(ESC50, model="transfer", filters=["esc10=True"], val_fold=4, test_fold=4, quiet=True)
+    r = subprocess.run([sys.executable, "-m", "earshot.cli", "train", str(ESC50), "--filter", "esc10=True",
+                        "--test-fold", "9", "--out", str(esc10_bundle.parent / "never")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "no fold '9'" in r.stderr, r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------- FSDD CNN

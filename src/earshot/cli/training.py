@@ -20,6 +20,9 @@ def train(
     backbone: Annotated[str, typer.Option(help="Pretrained backbone for transfer.")] = "mn04-as",
     val_fold: Annotated[str | None, typer.Option(help="Official fold used for validation.")] = None,
     val_split: Annotated[float | None, typer.Option(help="Group-aware stratified validation fraction.")] = None,
+    test_fold: Annotated[str | None, typer.Option(help="Fold held out of training and of choosing epochs and "
+                                                 "families, scored once into the card's metrics.test (default: "
+                                                 "the layout's test fold, e.g. testing_list.txt).")] = None,
     cv: Annotated[int | None, typer.Option(help="K-fold cross-validation, reports mean ± std.")] = None,
     filter_: Annotated[list[str] | None, typer.Option("--filter", help="COL=VALUE on manifest columns.")] = None,
     label_regex: Annotated[str | None, typer.Option(help="Label = first group of this regex on file names.")] = None,
@@ -60,10 +63,10 @@ def train(
         run_train = partial(launch, devices)
 
     try:
-        path = run_train(data, out, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split, cv=cv,
-                         filters=tuple(filter_ or ()), label_regex=label_regex, group_regex=group_regex,
-                         epochs=epochs, seed=seed, finetune=finetune, quiet=quiet, synthesize=synthesize,
-                         words=words, background=background, input_norm=input_norm,
+        path = run_train(data, out, model=model, backbone=backbone, val_fold=val_fold, val_split=val_split,
+                         test_fold=test_fold, cv=cv, filters=tuple(filter_ or ()), label_regex=label_regex,
+                         group_regex=group_regex, epochs=epochs, seed=seed, finetune=finetune, quiet=quiet,
+                         synthesize=synthesize, words=words, background=background, input_norm=input_norm,
                          **{k: v for k, v in (("pooling", pooling), ("window", window), ("hop", hop),
                                               ("endpoint_url", endpoint_url)) if v is not None})
     except EarshotError as e:

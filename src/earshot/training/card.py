@@ -1,5 +1,6 @@
 """The bundle of a fit: the chosen model exported with its card (data summary, training record, validation
-metrics computed on onnxruntime as `earshot evaluate` does), the confusion matrix and learning curves."""
+metrics computed on onnxruntime as `earshot evaluate` does, and the test fold's when there is one), the confusion
+matrix and learning curves."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from earshot.training.loop import Log, training_device
 
 if TYPE_CHECKING:
     from earshot.training.families import Fit
+    from earshot.training.manifest import Manifest
 
 
 def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_start: float | None = None,
                  log: Log | None = None, name: str | None = None) -> Path:
-    """Export `result.chosen` with its card, score it on the validation split with onnxruntime, add plots."""
+    """Export `result.chosen` with its card, score it on the validation split (and the test fold, if any) with
+    onnxruntime, add plots."""
     out = Path(out)
     t_start = time.time() if t_start is None else t_start
     log = log or Log(True, None)
@@ -35,6 +38,9 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
     data_summary = added_summary(manifest, added)
     data_summary["skipped_files"] = manifest.skipped[:1000]
     data_summary["n_train"], data_summary["n_validation"] = int(len(tr)), int(len(va))
+    held = manifest.holdout_indices()
+    if len(held):
+        data_summary["n_test"] = int(len(held))
     groups = {side: sorted({manifest.items[int(i)].group for i in idx} - {None})
               for side, idx in (("train", tr), ("validation", va))}
     if groups["validation"]:
@@ -73,13 +79,15 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
     log(f"exported {out} in {time.time() - t0:.1f}s", stage="exported")
     # the card's metrics: the exported bundle on onnxruntime, as `earshot evaluate` computes them
     clf = Classifier.load(out)
-    items = [manifest.items[int(i)] for i in va]
-    scores, kept = score_items(clf, items)
-    y_true = [labels.index(items[k].label) for k in kept]
-    metrics = metrics_for(y_true, scores.argmax(1).tolist(), labels)
+    metrics, _ = _bundle_metrics(clf, manifest, va)
     metrics["split"] = "validation"
     if result.cv is not None:
         metrics["cv"] = result.cv
+    if len(held):
+        metrics["test"] = _test_metrics(clf, manifest, held)
+        log(f"test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f} "
+            f"(n {metrics['test']['n']}, fold {manifest.test_fold}: not used in training or in choosing the model)",
+            stage="test", accuracy=metrics["test"]["accuracy"], macro_f1=metrics["test"]["macro_f1"])
     card = clf.card  # as written by export_bundle, read through read_bundle
     card["metrics"] = metrics
     card["training"]["wall_seconds"] = round(time.time() - t_start, 2)
@@ -90,6 +98,21 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
         f"bundle {out} in {time.time() - t_start:.1f}s", stage="done", accuracy=metrics["accuracy"],
         macro_f1=metrics["macro_f1"], bundle=str(out))
     return out
+
+
+def _bundle_metrics(clf: Classifier, manifest: Manifest, idx: np.ndarray) -> tuple[dict, int]:
+    """Metrics of the exported bundle on the items `idx`, and how many of them could not be read (left out)."""
+    labels = manifest.labels
+    items = [manifest.items[int(i)] for i in idx]
+    scores, kept = score_items(clf, items)
+    y_true = [labels.index(items[k].label) for k in kept]
+    return metrics_for(y_true, scores.argmax(1).tolist() if kept else [], labels), len(items) - len(kept)
+
+
+def _test_metrics(clf: Classifier, manifest: Manifest, held: np.ndarray) -> dict:
+    """The card's ``metrics.test``: the exported bundle on the test fold, scored once."""
+    metrics, skipped = _bundle_metrics(clf, manifest, held)
+    return {**metrics, "split": "test", "fold": manifest.test_fold, "skipped": skipped}
 
 
 def _plot_curves(history: list[dict[str, float]], path: Path, family: str) -> None:

@@ -259,7 +259,8 @@ def train_multilabel(data: str | os.PathLike, out: str | os.PathLike, *, pooling
                      filters: Sequence[str] = (), label_regex: str | None = None, group_regex: str | None = None,
                      hidden: int | None = None, endpoint_url: str | None = None, quiet: bool = False,
                      progress: Progress | None = None, name: str | None = None, model: str = "auto",
-                     cv: int | None = None, finetune: bool = False, **ignored: Any) -> str | Path:
+                     cv: int | None = None, finetune: bool = False, test_fold: str | int | None = None,
+                     **ignored: Any) -> str | Path:
     """Multi-label training → bundle `out` (a folder or s3:// prefix). DATA: a packed embedding file (local or
     s3://) or a multi-label data set (embedded first, through the cache). Returns `out`."""
     from earshot.pipeline.remote import is_remote, local_input, local_output
@@ -268,6 +269,9 @@ def train_multilabel(data: str | os.PathLike, out: str | os.PathLike, *, pooling
     if cv or finetune or model not in ("auto", "transfer"):
         raise DataError("multi-label training fits a pooling head on embeddings: --cv, --finetune and --model "
                         f"{model} do not apply", reason="bad_option")
+    if test_fold is not None:
+        raise DataError("multi-label training takes no --test-fold: leave the held-out data out of DATA and score "
+                        "it with `earshot evaluate`", reason="bad_option")
     t_start = time.time()
     log = Log(quiet, progress)
     pooling = pooling or "attention"

@@ -2,8 +2,8 @@
 
 Official folds are used where the layout has them (a validation fold; numbered cross-validation folds);
 otherwise whole groups (speaker, source recording) are assigned to sides, stratified by label, so a group never
-straddles train and validation. Items of the layout's official test fold are left out of both. Deterministic
-for a given seed. No torch here: numpy only.
+straddles train and validation. Items of the test fold (the layout's official one, or the one `hold_out` names)
+are left out of both. Deterministic for a given seed. No torch here: numpy only.
 """
 
 from __future__ import annotations
@@ -51,6 +51,16 @@ def split(
     _check_groups(manifest, pool, need=2)
     assign = _assign_groups(manifest, pool, [1.0 - float(val_split), float(val_split)], seed)
     return pool[assign == 0], pool[assign == 1]
+
+
+def hold_out(manifest: Manifest, fold: str | int, val_fold: str | int | None = None) -> None:
+    """Make `fold` the manifest's test fold: its items are then left out of training and validation alike (by
+    `split` and `cv_folds`), to be scored once on the exported bundle (the card's ``metrics.test``). Named
+    splits (``test``, ``eval``) match as validation folds do; the validation fold must be another one."""
+    name = _known_fold(manifest, str(fold), "test")
+    if val_fold is not None and _known_fold(manifest, str(val_fold), "validation") == name:
+        raise DataError(f"fold {name!r} cannot be both the validation and the test fold", reason="bad_split")
+    manifest.test_fold = name
 
 
 def cv_folds(
@@ -127,17 +137,21 @@ def _check_groups(manifest: Manifest, pool: np.ndarray, need: int) -> None:
             )
 
 
-def _fold_split(manifest: Manifest, fold: str) -> tuple[np.ndarray, np.ndarray]:
+def _known_fold(manifest: Manifest, fold: str, role: str) -> str:
+    """`fold` as the manifest names it (``val`` / ``dev`` / ``test`` match named splits), else `DataError`."""
     folds = manifest.folds
     if not folds:
-        raise DataError(
-            f"validation fold {fold!r} asked for, but the {manifest.layout} layout has no folds",
-            reason="no_folds",
-        )
+        raise DataError(f"{role} fold {fold!r} asked for, but the {manifest.layout} layout has no folds",
+                        reason="no_folds")
     if fold not in folds and canonical_split(fold) in folds:
-        fold = canonical_split(fold)  # --val-fold val / dev / test on named splits
+        fold = canonical_split(fold)
     if fold not in folds:
         raise DataError(f"no fold {fold!r}; folds are {folds}", reason="unknown_fold")
+    return fold
+
+
+def _fold_split(manifest: Manifest, fold: str) -> tuple[np.ndarray, np.ndarray]:
+    fold = _known_fold(manifest, fold, "validation")
     held = manifest.test_fold if fold != manifest.test_fold else None
     val = np.array([i for i, it in enumerate(manifest.items) if it.fold == fold], dtype=np.int64)
     train = np.array(
