@@ -43,6 +43,8 @@ TRAIN_BODY = {
                     "seed": {"type": "integer"},
                     "val_split": {"type": "number"},
                     "val_fold": {"type": "integer"},
+                    "test_fold": {"type": "string", "description": "fold held out of training, scored once "
+                                  "into the card's metrics.test"},
                 },
             }
         },
@@ -64,6 +66,7 @@ TRAIN_OPTIONS: dict[str, Callable[[str], Any]] = {
     "seed": int,
     "val_split": float,
     "val_fold": int,
+    "test_fold": str,
     "label_regex": str,
     "group_regex": str,
 }
