@@ -181,6 +181,20 @@ def test_finetune_unfreezes_the_backbone(tmp_path):
     assert card["training"]["finetune"] is True and card["metrics"]["n"] == 16
 
 
+def test_auto_choice_breaks_ties_by_domain():
+    from earshot.training.families import choose
+    from earshot.training.loop import Trained
+
+    def cand(family: str, acc: float) -> Trained:
+        return Trained(family, None, 16000, 1.0, 1.0, acc, [])
+
+    transfer, cnn = cand("transfer", 1.0), cand("cnn", 1.0)
+    assert choose([transfer, cnn], speech_like=True) is cnn  # speech-like: the CNN on a tie
+    assert choose([transfer, cnn], speech_like=False) is transfer  # otherwise the first
+    better = cand("transfer", 1.0)
+    assert choose([better, cand("cnn", 0.99)], speech_like=True) is better  # accuracy first
+
+
 def test_bad_model_family_is_rejected():
     with pytest.raises(earshot.DataError):
         fit(ESC50, model="resnet", quiet=True)

@@ -199,13 +199,18 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         if waves.band_rate is not None:
             cnn.config["synthetic_band_rate"] = waves.band_rate
         candidates.append(cnn)
-    # On a tie the domain decides: the CNN for speech-like clips (validation clips that share speakers with training
-    # saturate, and frozen AudioSet features do not carry words to new voices), else the first (transfer).
-    chosen = max(candidates, key=lambda c: (c.val_accuracy, speech_like and c.family == "cnn"))
+    chosen = choose(candidates, speech_like)
     if len(candidates) > 1:
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
         why += f"; kept {chosen.family} (validation accuracy {scores})"
     return candidates, chosen, why
+
+
+def choose(candidates: Sequence[Trained], speech_like: bool) -> Trained:
+    """The candidate with the best validation accuracy. On a tie the domain decides: the CNN for speech-like clips
+    (validation clips that share speakers with training saturate, and frozen AudioSet features do not carry words
+    to new voices), else the first (transfer)."""
+    return max(candidates, key=lambda c: (c.val_accuracy, speech_like and c.family == "cnn"))
 
 
 def candidate_metrics(trained: Trained, manifest: Manifest, va: np.ndarray) -> dict[str, Any]:
