@@ -106,7 +106,7 @@ def _bundle_metrics(clf: Classifier, manifest: Manifest, idx: np.ndarray) -> tup
     items = [manifest.items[int(i)] for i in idx]
     scores, kept = score_items(clf, items)
     y_true = [labels.index(items[k].label) for k in kept]
-    return metrics_for(y_true, scores.argmax(1).tolist() if kept else [], labels), len(items) - len(kept)
+    return metrics_for(y_true, scores.argmax(1).tolist(), labels), len(items) - len(kept)
 
 
 def _test_metrics(clf: Classifier, manifest: Manifest, held: np.ndarray) -> dict:

@@ -115,12 +115,14 @@ class Waves:
         return self.band_rate
 
     def decode_all(self, manifest: Manifest, log: Log) -> None:
-        """Decode every item before any split; unreadable ones are skipped from the manifest."""
-        waves, bad = decode_items(manifest, range(len(manifest)), SAMPLE_RATE, self._band(manifest, log))
+        """Decode every item but the test fold's before any split; unreadable ones are skipped from the manifest."""
+        held = set(manifest.holdout_indices().tolist())
+        ids = [i for i in range(len(manifest)) if i not in held]
+        waves, bad = decode_items(manifest, ids, SAMPLE_RATE, self._band(manifest, log))
         skip_unreadable(manifest, bad, log)
         drop = {i for i, _ in bad}
         kept = [i for i in range(len(manifest) + len(drop)) if i not in drop]
-        self.decoded.update({new: waves[old] for new, old in enumerate(kept)})
+        self.decoded.update({new: waves[old] for new, old in enumerate(kept) if old in waves})
 
     def get(self, manifest: Manifest, ids: Iterable[int], log: Log) -> dict[int, np.ndarray]:
         """Every clip decoded so far, after decoding those of `ids` not yet tried. A file that fails now (after

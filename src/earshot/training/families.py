@@ -117,15 +117,15 @@ def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | N
     waves = Waves()
     feats = None
     if model in ("auto", "transfer"):
-        feats, bad = transfer_features(manifest, backbone, log)
+        feats, bad = transfer_features(manifest, backbone, log, skip=manifest.holdout_indices().tolist())
         skip_unreadable(manifest, bad, log)
     else:
         waves.decode_all(manifest, log)
     if len(manifest.labels) < 2:
         raise DataError("fewer than 2 classes left after skipping unreadable files", reason="one_class")
     options = {"model": model, "val_fold": val_fold, "val_split": val_split, "test_fold": manifest.test_fold,
-               "cv": cv, "seed": seed,
-               "max_epochs": epochs, "finetune": finetune, "synthesize": added.synthetic is not None}
+               "cv": cv, "seed": seed, "max_epochs": epochs, "finetune": finetune,
+               "synthesize": added.synthetic is not None}
     common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
               "log": log, "waves": waves, "input_norm": input_norm}
     if not cv:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -59,21 +60,21 @@ def feature_extractor(backbone: str) -> Path:
     return out
 
 
-def transfer_features(manifest: Manifest, backbone: str = "mn04-as",
-                      log: Log | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def transfer_features(manifest: Manifest, backbone: str = "mn04-as", log: Log | None = None,
+                      skip: Collection[int] = ()) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Features [n, dim] of every item with the `feature_extractor` bundle on onnxruntime, cached on disk per
-    sha256 of the file's bytes.
+    sha256 of the file's bytes; the items of `skip` (a held-out test fold) are not read and get rows of NaN.
 
     Row layout: FEATURE_LAYOUT + the clip duration (s), computed under the serving clip-length policy
     (`earshot.clips`, through `Classifier.embed_waveform`). Returns (features, [(index, reason)] of unreadable
     items). Training with several processes, rank 0 fills the cache and the others then read it.
     """
     with distributed.primary_first():
-        return _transfer_features(manifest, backbone, log)
+        return _transfer_features(manifest, backbone, log, set(skip))
 
 
-def _transfer_features(manifest: Manifest, backbone: str,
-                       log: Log | None) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _transfer_features(manifest: Manifest, backbone: str, log: Log | None,
+                       skip: set[int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
     log = log or Log(True, None)
     cache = embeddings_dir(backbone)
     cache.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,9 @@ def _transfer_features(manifest: Manifest, backbone: str,
     hits = 0
     t0 = time.time()
     for i, it in enumerate(manifest.items):
+        if i in skip:
+            rows.append(None)
+            continue
         try:
             raw = it.data if it.data is not None else it.path.read_bytes()
         except OSError as e:
@@ -113,9 +117,13 @@ def _transfer_features(manifest: Manifest, backbone: str,
         if (i + 1) % 200 == 0:
             log(f"features {i + 1}/{len(manifest)} ({hits} cached)", stage="features", done=i + 1,
                 total=len(manifest))
-    good = [r for r in rows if r is not None]
+    dim = next((len(r) for r in rows if r is not None), 1)
+    unread = {i for i, _ in bad}
+    good = [np.full(dim, np.nan, np.float32) if r is None else r for i, r in enumerate(rows) if i not in unread]
     feats = np.stack(good) if good else np.zeros((0, 1), dtype=np.float32)
-    log(f"features: {len(good)} clips ({hits} from cache, {len(bad)} unreadable) in {time.time() - t0:.1f}s",
+    held = f", {len(skip)} test clips not read" if skip else ""
+    log(f"features: {len(good) - len(skip)} clips ({hits} from cache, {len(bad)} unreadable{held}) in "
+        f"{time.time() - t0:.1f}s",
         stage="features", done=len(manifest), total=len(manifest), cached=hits)
     # rows of bad items are dropped: callers skip the same indices from the manifest
     return feats, bad
