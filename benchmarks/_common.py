@@ -18,17 +18,23 @@ os.environ.setdefault("EARSHOT_MODEL_MIRROR", str(SHARED / "weights"))
 os.environ.setdefault("EARSHOT_HOME", str(ROOT / ".cache" / "earshot"))
 
 
-def ten_second_wavs(folder: Path, n: int) -> list[Path]:
-    """n 10 s WAV files (16 kHz, as ESC-50 ships) made by joining pairs of real ESC-50 clips."""
+def ten_second_wavs(folder: Path, n: int, rate: int | None = None) -> list[Path]:
+    """n 10 s WAV files (16 kHz, as the shared ESC-50 clips are, or resampled to `rate`) made by joining pairs of
+    real ESC-50 clips."""
     folder.mkdir(parents=True, exist_ok=True)
     clips = sorted((DATA / "esc50" / "audio").glob("*.wav"))
     out = []
     for i in range(n):
-        p = folder / f"clip{i:04d}.wav"
+        p = folder / f"clip{i:04d}{'' if rate is None else f'_{rate}'}.wav"
         if not p.exists():
             a, sr = sf.read(clips[(2 * i) % len(clips)], dtype="float32")
             b, _ = sf.read(clips[(2 * i + 1) % len(clips)], dtype="float32")
-            sf.write(p, np.concatenate([a, b]), sr, subtype="PCM_16")
+            y = np.concatenate([a, b])
+            if rate is not None and rate != sr:
+                import soxr
+
+                y, sr = np.clip(soxr.resample(y, sr, rate), -1.0, 1.0), rate
+            sf.write(p, y, sr, subtype="PCM_16")
         out.append(p)
     return out
 

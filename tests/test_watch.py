@@ -365,10 +365,12 @@ def test_model_bundle_loads_from_s3(tagger, s3, tmp_path, monkeypatch):
     monkeypatch.setenv("EARSHOT_HOME", str(tmp_path / "home"))
     c = s3.client()
     card = dict(tagger.card, name="remote-tagger")
-    c.put_object(Bucket="earshot", Key="models/tagger/model.onnx", Body=tagger.bundle.model_path.read_bytes())
+    for f in tagger.bundle.path.glob("*.onnx"):  # every graph of the bundle, as `aws s3 sync` would copy them
+        c.put_object(Bucket="earshot", Key=f"models/tagger/{f.name}", Body=f.read_bytes())
     c.put_object(Bucket="earshot", Key="models/tagger/card.json", Body=json.dumps(card).encode())
     clip = esc50_clip("dog")
     remote = earshot.load("s3://earshot/models/tagger")
+    assert set(remote.graphs) == set(tagger.graphs)
     p, ref = remote.predict(clip, top_k=3), tagger.predict(clip, top_k=3)
     assert p.model == "remote-tagger" and p.labels == ref.labels and p.probabilities == ref.probabilities
     c.put_object(Bucket="earshot", Key="models/tagger/card.json",

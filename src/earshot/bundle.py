@@ -3,6 +3,10 @@
 `model.onnx` takes `waveform` float32 [batch, samples] at `card.sample_rate` and returns `scores`
 [batch, classes] (probabilities), `embedding` [batch, dim] and `logmel` [batch, mels, frames] (the model's own
 features, for display). The front-end lives inside the graph, so training and serving cannot disagree.
+
+A bundle may also carry graphs that take the waveform at a lower rate without resampling it (card
+`rate_graphs`: {"16000": {"file": "model_16000.onnx", ...}}): same outputs, the front-end applying the
+resampler's response itself (`earshot.frontend`), within the difference the card records.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from earshot.permissions import file_mode
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+RATE_GRAPHS = "rate_graphs"
 REQUIRED = ("name", "labels", "sample_rate", "window_seconds", "multi_label")
 
 
@@ -30,6 +35,29 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def rate_graphs(self) -> dict[int, Path]:
+        """The graphs for other input rates: {rate: path}, only those whose file is there."""
+        entries = (self.card.get(RATE_GRAPHS) or {}).items()
+        graphs = {int(rate): self.path / str(e["file"]) for rate, e in entries if isinstance(e, dict) and "file" in e}
+        return {rate: path for rate, path in graphs.items()
+                if path.parent == self.path and path.suffix == ".onnx" and path.is_file()}
+
+
+    @property
+    def files(self) -> list[str]:
+        """The file names that make this bundle (what a copy of it must carry): graph, card, the graphs for other
+        rates and the card's head graph, where present."""
+        names = [MODEL_FILE, CARD_FILE, *(p.name for p in self.rate_graphs.values())]
+        head = self.card.get("head")
+        if isinstance(head, dict) and isinstance(head.get("file"), str) and "/" not in head["file"]:
+            names.append(head["file"])
+        return [n for n in dict.fromkeys(names) if (self.path / n).is_file()]
+
+
+def rate_graph_file(rate: int) -> str:
+    return f"model_{int(rate)}.onnx"
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

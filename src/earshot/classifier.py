@@ -29,6 +29,7 @@ from earshot.events import EventTracker
 from earshot.prediction import Prediction, Segment
 
 Source = str | os.PathLike | bytes | BinaryIO
+NATIVE_RATES_ENV = "EARSHOT_NATIVE_RATES"
 
 def optimized_graph_path(model_path: os.PathLike) -> Path | None:
     """Where onnxruntime's optimised form of a bundle's graph is kept on this machine: under
@@ -67,7 +68,8 @@ class Classifier:
 
     BATCH_SECONDS = 8  # audio per model call when many windows are scored
 
-    def __init__(self, bundle: Bundle, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, providers: list[str] | None = None,
+                 native_rates: bool | None = None) -> None:
         self.bundle = bundle
         # onnxruntime execution providers in order of preference; the optimised-graph cache is for the CPU only
         self.providers: list[str] = list(providers or ["CPUExecutionProvider"])
@@ -86,16 +88,43 @@ class Classifier:
         self.min_seconds: float = float(card.get("min_seconds", clips.DEFAULT_MIN_SECONDS))
         self.multi_label: bool = bool(card["multi_label"])
         self.thresholds = ranking.card_thresholds(card)
+        # Inputs at a rate the bundle has a graph for are decoded at that rate and scored by that graph, skipping
+        # the resampling (see `earshot.bundle`); off with native_rates=False or EARSHOT_NATIVE_RATES=0.
+        if native_rates is None:
+            native_rates = os.environ.get(NATIVE_RATES_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        self.graphs: dict[int, Path] = {self.sample_rate: bundle.model_path}
+        if native_rates:
+            self.graphs.update({r: g for r, g in bundle.rate_graphs.items() if self.sample_rate % r == 0})
         self._lock, self._st_lock = threading.Lock(), threading.Lock()
-        self._st_session: ort.InferenceSession | None = None
-        self._pinned: ort.InferenceSession | None = None  # set on single_threaded() views
+        self._sessions: dict[tuple[int, int], ort.InferenceSession] = {}  # (rate, threads) → session, made on use
+        self._single = False  # set on single_threaded() views
         self._inflight = 0
         self._masks: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray | None] = {}
         self.cores = cores.usable()  # counted once: the window pool and predict_many size themselves on it
         self.threads: int = threads or self.cores
-        self.session = self._session(self.threads)
 
-    def _session(self, threads: int) -> ort.InferenceSession:
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The session of the model-rate graph with this classifier's threads."""
+        return self._session_at(self.sample_rate, self.threads)
+
+    def warm(self) -> Classifier:
+        """Create the sessions now rather than on first use (a server, before its first request)."""
+        for rate in self.graphs:
+            self._session_at(rate, self.threads)
+        return self
+
+    def _session_at(self, rate: int, threads: int) -> ort.InferenceSession:
+        key = (rate, threads)
+        session = self._sessions.get(key)
+        if session is None:
+            with self._st_lock:
+                session = self._sessions.get(key)
+                if session is None:
+                    session = self._sessions[key] = self._session(self.graphs[rate], threads)
+        return session
+
+    def _session(self, graph: Path, threads: int) -> ort.InferenceSession:
         def options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
@@ -106,7 +135,7 @@ class Classifier:
             return opts
 
         providers = self.providers
-        cached = optimized_graph_path(self.bundle.model_path) if providers == ["CPUExecutionProvider"] else None
+        cached = optimized_graph_path(graph) if providers == ["CPUExecutionProvider"] else None
         if cached is not None and cached.is_file():
             try:  # optimised once on this machine: loading it skips the graph optimisation at every start
                 return ort.InferenceSession(str(cached), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
@@ -123,7 +152,7 @@ class Classifier:
                 opts.log_severity_level = 3  # the "hardware-specific graph" notice is why the key names the CPU
             except OSError:
                 tmp = None
-        session = ort.InferenceSession(str(self.bundle.model_path), opts, providers=providers)
+        session = ort.InferenceSession(str(graph), opts, providers=providers)
         if tmp is not None and cached is not None:
             with contextlib.suppress(OSError):
                 os.replace(tmp, cached)
@@ -143,49 +172,62 @@ class Classifier:
         thread: for callers that make model calls from several threads at once (pipeline workers), where a
         session using every core would oversubscribe the CPU."""
         view = copy.copy(self)
-        view._pinned = self._single_thread_session()
+        view._single = True
         return view
 
-    def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",)) -> list[np.ndarray]:
-        """Raw model outputs for a batch of equal-length waveforms [batch, samples] at the model rate."""
-        return self._call(waveforms, outputs, self._pinned)
+    def run(self, waveforms: np.ndarray, outputs: tuple[str, ...] = ("scores",), *,
+            rate: int | None = None) -> list[np.ndarray]:
+        """Raw model outputs for a batch of equal-length waveforms [batch, samples] at the model rate (or at
+        `rate`, one of `graphs`)."""
+        return self._call(waveforms, outputs, rate or self.sample_rate, single=self._single)
 
-    def _call(self, waveforms: np.ndarray, outputs: tuple[str, ...], session: ort.InferenceSession | None):
+    def _call(self, waveforms: np.ndarray, outputs: tuple[str, ...], rate: int, single: bool = False):
         x = np.ascontiguousarray(waveforms, dtype=np.float32)
-        if session is not None:
-            return session.run(list(outputs), {"waveform": x})
+        if single:
+            return self._single_thread_session(rate).run(list(outputs), {"waveform": x})
         # Concurrent callers (server pool, watch workers) each get a single-threaded call: a session that uses
         # every core, called from several threads at once, oversubscribes the CPU.
         with self._lock:
             self._inflight += 1
             busy = self._inflight > 1
         try:
-            chosen = self._single_thread_session() if busy else self.session
+            chosen = self._single_thread_session(rate) if busy else self._session_at(rate, self.threads)
             return chosen.run(list(outputs), {"waveform": x})
         finally:
             with self._lock:
                 self._inflight -= 1
 
-    def pad(self, y: np.ndarray) -> np.ndarray:
-        """`y` followed by silence up to the card's `min_seconds` (the short-clip rule of `earshot.clips`)."""
-        return clips.pad_to(y, self._min_samples)
+    def pad(self, y: np.ndarray, *, rate: int | None = None) -> np.ndarray:
+        """`y` (at the model rate, or `rate`) followed by silence up to the card's `min_seconds` (the short-clip
+        rule of `earshot.clips`)."""
+        step = self.sample_rate // (rate or self.sample_rate)
+        return clips.pad_to(y, -(-self._min_samples // step))
+
+    def input_rate(self, native: int, *lengths: int) -> int:
+        """The rate at which to score audio that arrives at `native` Hz: `native` itself where the bundle has a
+        graph for it (and native rates are on) and each of `lengths` (window sizes in model-rate samples) is a
+        whole number of its samples; else the model's rate, the audio being resampled to it."""
+        sr = self.sample_rate
+        if native != sr and native in self.graphs and all(n % (sr // native) == 0 for n in lengths):
+            return native
+        return sr
 
     def run_windows(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",), *,
-                    stop: Callable[[], None] | None = None) -> list[np.ndarray]:
+                    stop: Callable[[], None] | None = None, rate: int | None = None) -> list[np.ndarray]:
         """Outputs for many equal-length windows: batches of up to 8 s of audio (8 one-second windows, one
         ten-second window) spread over the cores, one single-threaded session call per batch (on 2 cores 2x
         faster than one call with intra-op threads); the batch bound keeps the model's working memory small. `stop`
-        (`earshot.limits.stopper`) is called before each batch and raises to abandon the rest."""
-        per = max(1, min(8, self.BATCH_SECONDS * self.sample_rate // max(1, frames.shape[1])))
+        (`earshot.limits.stopper`) is called before each batch and raises to abandon the rest. `rate`: as in `run`."""
+        rate = rate or self.sample_rate
+        per = max(1, min(8, self.BATCH_SECONDS * rate // max(1, frames.shape[1])))
         chunks = [frames[i : i + per] for i in range(0, len(frames), per)]
         workers = min(len(chunks), self.cores)
         if workers > 1:
-            session = self._pinned or self._single_thread_session()
 
             def batch(c: np.ndarray) -> list[np.ndarray]:
                 if stop is not None:
                     stop()
-                return self._call(c, outputs, session)
+                return self._call(c, outputs, rate, single=True)
 
             with ThreadPoolExecutor(workers) as pool:
                 parts = list(pool.map(batch, chunks))
@@ -194,7 +236,7 @@ class Classifier:
             for c in chunks:
                 if stop is not None:
                     stop()
-                parts.append(self.run(c, outputs))
+                parts.append(self.run(c, outputs, rate=rate))
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
     def _clip_rows(self, y: np.ndarray, output: str) -> np.ndarray:
@@ -305,16 +347,10 @@ class Classifier:
                     pending.append(pool.submit(one, s))
                 yield result
 
-    def _single_thread_session(self) -> ort.InferenceSession:
+    def _single_thread_session(self, rate: int | None = None) -> ort.InferenceSession:
         """A session with one intra-op thread, shared by every view: the main one when it has a single thread,
         else a second one created once."""
-        if self.threads == 1:
-            return self.session
-        if self._st_session is None:
-            with self._st_lock:
-                if self._st_session is None:
-                    self._st_session = self._session(1)
-        return self._st_session
+        return self._session_at(rate or self.sample_rate, 1)
 
     def timeline(
         self,
@@ -420,10 +456,16 @@ class Classifier:
         `stop` is called between batches and raises to abandon the scan, `segments` is given the number of
         windows the header promises, then the running count, and raises to refuse the input."""
         sr = self.sample_rate
-        with audio.blocks(source, sr, block_seconds=block_seconds, max_seconds=max_seconds, name=title) as blocks:
+        seconds_per_window, seconds_per_hop = windows.window / sr, windows.hop / sr
+        native = [r for r in self.graphs if self.input_rate(r, windows.window, windows.hop) == r != sr]
+        with audio.blocks(source, sr, block_seconds=block_seconds, max_seconds=max_seconds, name=title,
+                          native_rates=native) as blocks:
+            rate = blocks.sample_rate
+            if rate != sr:  # the input's own rate, scored by the bundle's graph for it
+                windows.at_lower_rate(sr // rate)
             if segments is not None and blocks.info.frames:
                 seconds = blocks.info.frames / blocks.info.sample_rate
-                segments(limits.timeline_segments(seconds, windows.window / sr, windows.hop / sr))
+                segments(limits.timeline_segments(seconds, seconds_per_window, seconds_per_hop))
             made = 0
             for block in blocks:
                 if stop is not None:
@@ -433,12 +475,12 @@ class Classifier:
                     made += len(got[0])
                     if segments is not None:
                         segments(made)
-                    yield got[0], self.run_windows(got[1], (output,), stop=stop)[0]
+                    yield got[0], self.run_windows(got[1], (output,), stop=stop, rate=rate)[0]
         if windows.total == 0:
             raise AudioError("no samples after decoding", source=title, reason="no_samples")
         got = windows.finish()
         if got is not None:
-            yield got[0], self.run(got[1], (output,))[0]
+            yield got[0], self.run(got[1], (output,), rate=rate)[0]
 
     def _clip_reduce(self, source: Source, title: str, output: str, mean: bool = False, *,
                      max_seconds: float | None = None,

@@ -71,7 +71,8 @@ class Windows:
         if tail not in ("end", "rest"):
             raise ValueError("tail must be 'end' or 'rest'")
         self.window, self.hop, self.one_pass, self.tail, self.min_samples = window, hop, one_pass, tail, min_samples
-        self.total = 0  # samples pushed so far
+        self.step = 1  # samples of the rate the sizes were given in per sample pushed (`at_lower_rate`)
+        self._n = 0  # samples pushed so far
         self._head: list[np.ndarray] = []  # blocks held while the input may still be one pass
         self._windowed = False
         self._carry = np.zeros(0, dtype=np.float32)
@@ -79,11 +80,28 @@ class Windows:
         self._recent = np.zeros(0, dtype=np.float32)  # the last `window` samples (tail="end")
         self._scored_to = 0  # end of the last window returned
 
+    @property
+    def total(self) -> int:
+        """Samples pushed so far, counted at the rate the sizes were given in."""
+        return self._n * self.step
+
+    def fits(self, step: int) -> bool:
+        """Whether window and hop are whole numbers of samples at 1/`step` of the rate."""
+        return self.window % step == 0 and self.hop % step == 0
+
+    def at_lower_rate(self, step: int) -> None:
+        """Take samples at 1/`step` of the rate the sizes were given in (before the first push; see `fits`): the
+        same windows in time, while starts and `total` still count samples of the original rate."""
+        if self._n or not self.fits(step):
+            raise ValueError(f"cannot window at 1/{step} of the rate")
+        self.window, self.hop, self.step = self.window // step, self.hop // step, step
+        self.one_pass, self.min_samples = self.one_pass // step, -(-self.min_samples // step)
+
     def push(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        self.total += len(block)
+        self._n += len(block)
         if not self._windowed:
             self._head.append(block)
-            if self.total <= self.one_pass:
+            if self._n <= self.one_pass:
                 return None
             self._windowed = True
             block = np.concatenate(self._head)
@@ -99,16 +117,16 @@ class Windows:
         starts = self._offset + h * np.arange(n, dtype=np.int64)
         self._scored_to = int(starts[-1]) + w
         self._carry, self._offset = self._carry[n * h :], self._offset + n * h
-        return starts, frames
+        return starts * self.step, frames
 
     def finish(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The final frame: the whole input when it stayed within `one_pass`, else the tail not yet covered."""
         if not self._windowed:
-            if not self.total:
+            if not self._n:
                 return None
             whole = np.concatenate(self._head) if len(self._head) > 1 else self._head[0]
             return np.zeros(1, dtype=np.int64), pad_to(whole, self.min_samples)[None]
-        if self._scored_to >= self.total:
+        if self._scored_to >= self._n:
             return None
         tail = self._recent if self.tail == "end" else self._carry
-        return np.array([self.total - len(tail)], dtype=np.int64), pad_to(tail, self.min_samples)[None]
+        return np.array([(self._n - len(tail)) * self.step], dtype=np.int64), pad_to(tail, self.min_samples)[None]

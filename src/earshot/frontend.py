@@ -5,6 +5,11 @@ way by construction. `EfficientATMel` reproduces the preprocessing of EfficientA
 pre-emphasis (0.97), centred reflect-padded STFT (n_fft 1024, symmetric Hann window 800, hop 320), power
 spectrum, Kaldi-style mel banks (128 bins, 0 Hz to 15 kHz at 32 kHz), then ``(log(mel + 1e-5) + 4.5) / 5``.
 
+A front-end built with a lower `source_rate` takes the waveform at that rate (an integer divisor of the model's
+rate) and stands in for "resample to the model's rate, then the front-end": the same frequency bins from a DFT a
+fraction of the size, with the pre-emphasis and the decoder's resampling filter applied as gains per bin. It saves
+the resampling and about half the front-end's work on 16 kHz audio (see `WaveformTagger.at_rate`).
+
 The STFT is a two-stage Cooley-Tukey DFT (1024 = 64 x 16) written as a grouped convolution and matrix products:
 ONNX Runtime's own DFT/STFT kernels are several times slower than its GEMM, and a plain DFT matrix costs 4x more
 arithmetic.
@@ -53,7 +58,7 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax
 
 
 class EfficientATMel(nn.Module):
-    """Waveform [batch, samples] at 32 kHz → normalised log-mel [batch, n_mels, frames].
+    """Waveform [batch, samples] at 32 kHz (or `source_rate`) → normalised log-mel [batch, n_mels, frames].
 
     frames = 1 + (samples - 1) // hop (pre-emphasis drops one sample); inputs need at least hop samples.
 
@@ -84,16 +89,36 @@ class EfficientATMel(nn.Module):
         fmin: float = 0.0,
         fmax: float | None = None,
         preemphasis: float = 0.97,
+        source_rate: int | None = None,
     ) -> None:
         super().__init__()
+        self.config = {"sample_rate": sample_rate, "n_fft": n_fft, "win_length": win_length, "hop": hop,
+                       "n_mels": n_mels, "fmin": fmin, "fmax": fmax, "preemphasis": preemphasis}
         c = self.chunk
-        if n_fft % c or hop % c:
-            raise ValueError(f"n_fft and hop must be multiples of {c}")
-        self.sample_rate, self.n_fft, self.hop, self.n_mels = sample_rate, n_fft, hop, n_mels
-        self.preemphasis = preemphasis
-        self.register_buffer("emphasis", torch.tensor([[[-preemphasis, 1.0]]]), persistent=False)
         fmax = sample_rate // 2 - 1000 if fmax is None else fmax
-        banks = kaldi_mel_banks(n_mels, n_fft, sample_rate, fmin, fmax)
+        source_rate = source_rate or sample_rate
+        step = sample_rate // source_rate  # model samples per input sample
+        if step * source_rate != sample_rate or n_fft % step or win_length % step or hop % step:
+            raise ValueError(f"source_rate {source_rate} must divide {sample_rate} and n_fft, win_length and hop")
+        n_fft, win_length, hop = n_fft // step, win_length // step, hop // step
+        if n_fft % c or hop % c:
+            raise ValueError(f"n_fft and hop must be multiples of {c} at the source rate")
+        self.sample_rate, self.source_rate, self.n_fft, self.hop, self.n_mels = (sample_rate, source_rate, n_fft,
+                                                                                 hop, n_mels)
+        self.preemphasis = preemphasis
+        # At the model's rate the pre-emphasis is a 2-tap filter in time. At a lower source rate it is applied to
+        # the power spectrum as its gain at each bin's frequency, with the decoder's resampling response and the
+        # DFT's scale (step^2: the model-rate DFT sums `step` times as many samples).
+        self.emphasis_in_time = step == 1
+        self.register_buffer("emphasis", torch.tensor([[[-preemphasis, 1.0]]]), persistent=False)
+        banks = kaldi_mel_banks(n_mels, n_fft, source_rate, fmin, fmax)
+        if step > 1:
+            from earshot.audio import resampler_power
+
+            f = source_rate / n_fft * np.arange(n_fft // 2 + 1)
+            emphasis = 1.0 + preemphasis**2 - 2.0 * preemphasis * np.cos(2.0 * math.pi * f / sample_rate)
+            gain = step**2 * emphasis * resampler_power(source_rate, sample_rate, f)
+            banks = (banks * gain[None, :]).astype(np.float32)
         outer = self.outer = n_fft // c
         half = self.half = outer // 2 + 1
         self.n_bins = int(np.nonzero(banks.any(axis=0))[0].max()) + 1  # bins up to the last one a filter touches
@@ -147,13 +172,20 @@ class EfficientATMel(nn.Module):
             self.bands.append((lo, hi))
             self.register_buffer(f"mel_{g}", _f32(weight[filt][:, :, lo:hi].reshape(len(filt), -1)), persistent=False)
 
+    def at_rate(self, source_rate: int) -> EfficientATMel:
+        """This front-end for waveforms at `source_rate` (an integer divisor of its rate); see the module notes."""
+        return EfficientATMel(**self.config, source_rate=source_rate)
+
     def n_frames(self, n_samples: int) -> int:
         return 1 + (n_samples - 1) // self.hop
 
     def spectrum(self, waveform: torch.Tensor) -> torch.Tensor:
         """Stage-2 output [batch, half, n_k2 * 2 * 2, frames]: (k2, pair, re/im) of every stage-1 row."""
         b, c = waveform.shape[0], self.chunk
-        x = nn.functional.conv1d(waveform.unsqueeze(1), self.emphasis)  # x[n + 1] - preemphasis * x[n], one op
+        if self.emphasis_in_time:  # x[n + 1] - preemphasis * x[n], one op
+            x = nn.functional.conv1d(waveform.unsqueeze(1), self.emphasis)
+        else:  # the same one-sample drop, so that a clip makes as many frames at every rate
+            x = waveform[:, 1:].unsqueeze(1)
         pad = self.n_fft // 2
         x = nn.functional.pad(x, (pad, pad), mode="reflect").squeeze(1)
         frames = (x.shape[1] - self.n_fft) // self.hop + 1

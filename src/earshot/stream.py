@@ -6,7 +6,8 @@ object, a file path (``realtime=True`` paces it at real time, simulating a live 
 (PyAV; only with ``allow_urls``), ``mic`` / ``mic:N`` (the ``sounddevice`` package).
 
 Nothing is decoded ahead: chunks are resampled as they arrive (``soxr.ResampleStream``) into a ring buffer of
-one window, and the model scores the newest window every hop, so a record follows the audio by about one hop.
+one window (or kept at their own rate where the bundle has a graph for it: ``Classifier.input_rate``), and
+the model scores the newest window every hop, so a record follows the audio by about one hop.
 Records (JSON-ready dicts):
 
 - ``{"type": "segment", "start", "end", "labels", "probabilities", "labels_info"}`` per window;
@@ -149,7 +150,7 @@ def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, wi
     def score(pending: list[tuple[int, int, np.ndarray]]) -> Iterator[dict[str, Any]]:
         nonlocal clip_max, clip_sum
         if pending:
-            rows = clf.run_windows(np.stack([x for _, _, x in pending]))[0]
+            rows = clf.run_windows(np.stack([x for _, _, x in pending]), rate=sr)[0]
             for (b, e, _), s in zip(pending, rows):
                 clip_max = s if clip_max is None else np.maximum(clip_max, s)
                 clip_sum = s.astype(np.float64) if clip_sum is None else clip_sum + s
@@ -184,6 +185,11 @@ def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, wi
     try:
         feed = open_feed()
         native = feed.rate
+        if clf.input_rate(native, w, h) != sr:  # a rate the bundle has a graph for: no resampling
+            step, sr = sr // native, native
+            w, h = w // step, h // step
+            limit = None if max_seconds is None else max(1, round(max_seconds * sr))
+            ring, state["next_end"] = _Ring(w), w
         rs = None if native == sr else soxr.ResampleStream(native, sr, 1, dtype="float32")
         done = False
         for chunk in feed.chunks:
@@ -216,7 +222,7 @@ def classify_feed(open_feed: Callable[[], live.Feed], name: str, clf: Any, *, wi
             n = min(total, w)
             tail = ring.latest(n)
             if n < w:
-                tail = clf.pad(tail)
+                tail = clf.pad(tail, rate=sr)
             yield from score([(total - n, total, tail)])
         except Exception as e:  # noqa: BLE001
             stopped, error = "error", e

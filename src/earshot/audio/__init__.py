@@ -2,6 +2,8 @@
 
 Pipeline (the pretrained references were computed with exactly this, keep it so):
 soundfile reads float32 -> mean over channels -> ``soxr.resample(y, native_rate, rate)`` (default quality).
+Blocks may instead stay at the input's own rate where it is one of `native_rates` (a bundle with a graph for that
+rate, which then applies the resampler's response itself: `resampler_power`).
 Formats libsndfile cannot read (m4a/aac/webm/mp4/video, ...) go through PyAV, the ``media`` extra.
 
 Every failure is an :class:`~earshot.errors.AudioError` whose ``source`` names the input and whose ``reason``
@@ -21,11 +23,11 @@ sources: pipes, raw PCM, URLs, files paced at real time, the microphone; importe
 
 from __future__ import annotations
 
-from earshot.audio.decoding import Blocks, blocks, decode, duration, info, load
+from earshot.audio.decoding import Blocks, blocks, decode, duration, info, load, resampler_power
 from earshot.audio.formats import EXTENSIONS, is_audio_name, not_audio
 from earshot.audio.pyav import MEDIA_EXTRA, frame_to_mono
 from earshot.audio.source import MAX_SECONDS_ENV, Source
 from earshot.audio.streams import AudioInfo
 
 __all__ = ["EXTENSIONS", "MAX_SECONDS_ENV", "MEDIA_EXTRA", "AudioInfo", "Blocks", "Source", "blocks", "decode",
-           "duration", "frame_to_mono", "info", "is_audio_name", "load", "not_audio"]
+           "duration", "frame_to_mono", "info", "is_audio_name", "load", "not_audio", "resampler_power"]

@@ -97,8 +97,12 @@ def list_models() -> list[dict[str, Any]]:
 
 
 # Bumped when the exported graph of registry bundles changes (2: the convolutional front-end and the widened
-# stem); an older bundle is rebuilt where torch is installed, and kept (it still works) where it is not.
-BUILD = 2
+# stem; 3: a graph for 16 kHz input); an older bundle is rebuilt where torch is installed, and kept (it still
+# works) where it is not.
+BUILD = 3
+# Input rates below the model's that registry bundles carry a graph for: 16 kHz is the rate of most speech and
+# dataset audio, and its graph skips the resampling and half of the front-end (`earshot.frontend`).
+SOURCE_RATES = (16000,)
 
 
 def _current(out: Path) -> bool:
@@ -150,7 +154,8 @@ def pull(name: str, force: bool = False) -> Path:
 
     if isinstance(getattr(model, "backbone", None), MobileNetAudio):
         widen_stem(model.backbone)  # same function, faster graph on onnxruntime
-    return export_bundle(model, out, card)
+    rates = [r for r in SOURCE_RATES if r < s.sample_rate and s.sample_rate % r == 0]
+    return export_bundle(model, out, card, source_rates=rates)
 
 
 def resolve(model: str | Path) -> Path:

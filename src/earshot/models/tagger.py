@@ -18,6 +18,11 @@ class WaveformTagger(nn.Module):
         self.frontend, self.backbone, self.head = frontend, backbone, head
         self.multi_label = multi_label
 
+    def at_rate(self, source_rate: int) -> WaveformTagger:
+        """The same network for waveforms at `source_rate`, an integer divisor of the front-end's rate, sharing
+        the backbone and head: its front-end skips the resampling (`EfficientATMel.at_rate`)."""
+        return WaveformTagger(self.frontend.at_rate(source_rate), self.backbone, self.head, self.multi_label)
+
     def logits(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mel = self.frontend(waveform)
         logits, embedding = self.backbone(mel.unsqueeze(1))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from earshot.bundle import CARD_FILE, MODEL_FILE, is_bundle
+from earshot.bundle import CARD_FILE, is_bundle, read_bundle
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -87,7 +87,7 @@ def ship_bundle(model: Any) -> ShippedBundle:
     import ray
 
     path = bundle_dir(model)
-    files = {name: (path / name).read_bytes() for name in (MODEL_FILE, CARD_FILE)}
+    files = {name: (path / name).read_bytes() for name in read_bundle(path).files}
     h = hashlib.sha256()
     for name, data in sorted(files.items()):
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())

@@ -135,7 +135,7 @@ class ModelStore:
             if key not in _CACHE:
                 import earshot
 
-                clf = earshot.load(bundle, **self.load_options)
+                clf = earshot.load(bundle, **self.load_options).warm()
                 with _CACHE_LOCK:
                     for old in [k for k in _CACHE if k[0] == name and k[2] == key[2]]:
                         del _CACHE[old]
