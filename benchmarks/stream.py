@@ -61,9 +61,12 @@ def percentiles(xs: list[float]) -> str:
 
 
 async def paced_send(send, pcm: bytes, t0: float) -> None:
+    """Each 20 ms chunk is sent when its last sample would have been captured (t0 + its end time), as a live
+    source delivers it: a record can then not come before the audio it scores."""
     n = int(RATE * CHUNK_S) * 2
     for i in range(0, len(pcm), n):
-        await asyncio.sleep(max(0.0, t0 + (i // n) * CHUNK_S - time.perf_counter()))
+        end = (i + len(pcm[i : i + n])) / 2 / RATE
+        await asyncio.sleep(max(0.0, t0 + end - time.perf_counter()))
         await send(pcm[i : i + n])
 
 
