@@ -86,7 +86,9 @@ def embed_manifest(manifest: Manifest, out: str | os.PathLike, *, backbone: str 
         folder.mkdir(parents=True, exist_ok=True)
     root = manifest.root
     base = root.parent if root is not None and root.is_file() else root
-    clf = Classifier.load(backbone)
+    # Resampled to the backbone's rate whatever the input's own rate: the heads trained on these embeddings are
+    # exported behind the backbone's model-rate graph, which computes them that way when the bundle serves.
+    clf = Classifier.load(backbone, native_rates=False)
     attrs = {"backbone": backbone, "window": float(window), "hop": float(hop), "sample_rate": clf.sample_rate,
              "layout": manifest.layout, "multi_label": bool(manifest.multi_label), "earshot_version": __version__}
     writer: PackedWriter | None = None
