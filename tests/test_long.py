@@ -32,17 +32,32 @@ def _long_wav(path: Path, seconds: float, rate: int = 8000) -> Path:
 
 
 def test_streamed_clip_scores_equal_the_in_memory_policy(tagger, tmp_path):
+    import earshot
+    from earshot import audio
+
     path = _long_wav(tmp_path / "two_minutes.wav", 127.3)
-    y = tagger.decode(path)
-    whole = tagger.clip_scores(y)
-    p = tagger.predict(path, top_k=5)
+    resampling = earshot.Classifier(tagger.bundle, native_rates=False)
+    y = resampling.decode(path)
+    whole = resampling.clip_scores(y)
+    p = resampling.predict(path, top_k=5)
     assert p.duration == pytest.approx(127.3, abs=1e-3)
     idx = [tagger.labels.index(lab) for lab in p.labels]
     assert np.abs(np.asarray(p.probabilities) - whole[idx]).max() < 2e-4
     assert p.labels[0] == tagger.labels[int(np.argmax(whole))]
-    emb = tagger.embed(path)
-    ref = tagger.embed_waveform(y)
+    emb = resampling.embed(path)
+    ref = resampling.embed_waveform(y)
     assert np.abs(emb - ref).max() < 1e-4
+    # at the file's own rate (8 kHz, the bundle's 8 kHz graph) the streamed windows are the in-memory ones too
+    y8 = audio.decode(path)
+    frames = clips.clip_frames(y8, 8000, tagger.window_seconds, tagger.min_seconds)
+    rows = np.concatenate([tagger.run(frames[i : i + 4], rate=8000)[0] for i in range(0, len(frames), 4)])
+    whole8 = clips.aggregate(rows, tagger.multi_label)
+    p8 = tagger.predict(path, top_k=5)
+    assert p8.duration == p.duration
+    assert np.abs(np.asarray(p8.probabilities) - whole8[[tagger.labels.index(lab) for lab in p8.labels]]).max() < 2e-4
+    emb8 = np.concatenate([tagger.run(frames[i : i + 4], ("embedding",), rate=8000)[0]
+                           for i in range(0, len(frames), 4)]).mean(axis=0)
+    assert np.abs(tagger.embed(path) - emb8).max() < 1e-4
 
 
 def test_windows_stream_like_the_whole_clip():

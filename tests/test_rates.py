@@ -1,4 +1,4 @@
-"""Inputs at a rate the bundle has a graph for (16 kHz for the registry tagger): scored without resampling, in
+"""Inputs at a rate the bundle has a graph for (16 and 8 kHz for the registry tagger): scored without resampling, in
 agreement with resampling to the model's rate, on real audio."""
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ def _vector(pred, labels) -> np.ndarray:
     return np.array([got[name] for name in labels])
 
 
-def test_registry_bundle_carries_a_16k_graph(tagger):
+def test_registry_bundle_carries_16k_and_8k_graphs(tagger):
     card = tagger.bundle.card
-    entry = card["rate_graphs"]["16000"]
-    assert (tagger.bundle.path / entry["file"]).is_file()
-    assert entry["onnx_check"]["max_abs_score_diff"] < 1e-4
-    assert 0 < entry["max_abs_score_diff_vs_resampled"] < 0.05  # noise: a real difference, and a small one
-    assert set(tagger.graphs) == {32000, 16000}
+    for rate in ("16000", "8000"):
+        entry = card["rate_graphs"][rate]
+        assert (tagger.bundle.path / entry["file"]).is_file()
+        assert entry["onnx_check"]["max_abs_score_diff"] < 1e-4
+        assert 0 < entry["max_abs_score_diff_vs_resampled"] < 0.05  # noise: a real difference, and a small one
+    assert set(tagger.graphs) == {32000, 16000, 8000}
 
 
 def test_16k_clips_scored_natively_agree_with_resampling(tagger, resampling):
@@ -56,6 +57,23 @@ def test_16k_clips_scored_natively_agree_with_resampling(tagger, resampling):
     top1 = np.mean(a.argmax(1) == b.argmax(1))
     top5 = np.mean([len(set(np.argsort(-x)[:5]) & set(np.argsort(-y)[:5])) / 5 for x, y in zip(a, b)])
     assert top1 >= 23 / 24 and top5 >= 0.95
+
+
+def test_8k_recordings_scored_natively_agree_with_resampling(tagger, resampling):
+    """FSDD's spoken digits are recorded at 8 kHz: the 8 kHz graph scores them as resampling to 32 kHz does."""
+    import earshot
+
+    files = sorted((DATA / "fsdd" / "recordings").glob("*.wav"))[::150][:16]
+    assert len(files) == 16 and {sf.info(f).samplerate for f in files} == {8000}
+    fresh = earshot.Classifier(tagger.bundle, threads=1)
+    native = list(fresh.predict_many(files, top_k=len(tagger.labels), workers=1))
+    assert set(fresh._sessions) == {(8000, 1)}
+    ref = list(resampling.predict_many(files, top_k=len(tagger.labels)))
+    a = np.stack([_vector(p, tagger.labels) for p in native])
+    b = np.stack([_vector(p, tagger.labels) for p in ref])
+    assert 0 < np.abs(a - b).max() < 0.1 and np.abs(a - b).mean() < 2e-3
+    assert np.mean(a.argmax(1) == b.argmax(1)) >= 15 / 16
+    assert np.mean([len(set(np.argsort(-x)[:5]) & set(np.argsort(-y)[:5])) / 5 for x, y in zip(a, b)]) >= 0.9
 
 
 def test_other_rates_are_resampled(tagger, tmp_path):

@@ -168,7 +168,8 @@ class EfficientATMel(nn.Module):
         self.bands: list[tuple[int, int]] = []
         for g, filt in enumerate(np.array_split(np.arange(n_mels), self.mel_groups)):
             touched = np.nonzero(banks[filt].any(axis=0))[0]
-            lo, hi = int(touched.min()) // outer, int(touched.max()) // outer + 1
+            # filters wholly above a low source rate's Nyquist touch no bin: one block of zero weights
+            lo, hi = (int(touched.min()) // outer, int(touched.max()) // outer + 1) if len(touched) else (0, 1)
             self.bands.append((lo, hi))
             self.register_buffer(f"mel_{g}", _f32(weight[filt][:, :, lo:hi].reshape(len(filt), -1)), persistent=False)
 
