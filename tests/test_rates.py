@@ -141,3 +141,16 @@ def test_frontend_at_16k_tracks_the_resampled_logmel():
         assert np.median(d) < 2e-3
     with pytest.raises(ValueError, match="source_rate"):
         fe.at_rate(12000)
+
+
+def test_display_logmel_comes_from_the_same_graph(tagger, resampling):
+    """The page's spectrogram of a 16 kHz clip: the 16 kHz graph's own log-mel, as many frames as resampled."""
+    import earshot
+
+    clip = esc50_clip("rain")
+    fresh = earshot.Classifier(tagger.bundle, threads=1)
+    m = fresh.logmel(clip)
+    assert set(fresh._sessions) == {(16000, 1)}
+    ref = resampling.logmel(clip)
+    assert m.shape == ref.shape == (128, 500)
+    assert np.abs(m - ref).mean() < 0.015

@@ -438,11 +438,13 @@ class Classifier:
 
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""
-        with audio.blocks(source, self.sample_rate, max_seconds, name=title or source_title(source)) as blocks:
-            y = next(blocks, None)
+        native = [r for r in self.graphs if r != self.sample_rate]  # as `predict` reads it: same graph, same frames
+        with audio.blocks(source, self.sample_rate, max_seconds, name=title or source_title(source),
+                          native_rates=native) as blocks:
+            y, rate = next(blocks, None), blocks.sample_rate
         if y is None or not len(y):
             raise AudioError("no samples after decoding", source=title or source_title(source), reason="no_samples")
-        return self.run(self.pad(y)[None], ("logmel",))[0][0]
+        return self.run(self.pad(y, rate=rate)[None], ("logmel",), rate=rate)[0][0]
 
     @property
     def _min_samples(self) -> int:
