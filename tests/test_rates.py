@@ -154,3 +154,25 @@ def test_display_logmel_comes_from_the_same_graph(tagger, resampling):
     ref = resampling.logmel(clip)
     assert m.shape == ref.shape == (128, 500)
     assert np.abs(m - ref).mean() < 0.015
+
+
+def test_a_damaged_rate_graph_is_a_typed_error_for_its_inputs_only(tagger, tmp_path):
+    import shutil
+
+    import earshot
+
+    out = tmp_path / "bundle"
+    shutil.copytree(tagger.bundle.path, out)
+    (out / "model_16000.onnx").write_bytes(b"not a graph")
+    clf = earshot.load(out)
+    bad, good = list(clf.predict_many([esc50_clip("dog"), _resampled(esc50_clip("dog"), tmp_path, 44100)]))
+    assert bad.error is not None and bad.error["type"] == "ModelError" and bad.error["reason"] == "bad_graph"
+    assert "model_16000.onnx" in bad.error["message"]
+    assert good.error is None and good.labels[0] == tagger.predict(esc50_clip("dog")).labels[0]
+
+
+def _resampled(path, folder, rate: int):
+    y, sr = sf.read(path, dtype="float32")
+    out = folder / f"{path.stem}_{rate}.wav"
+    sf.write(out, soxr.resample(y, sr, rate), rate)
+    return out

@@ -152,7 +152,13 @@ class Classifier:
                 opts.log_severity_level = 3  # the "hardware-specific graph" notice is why the key names the CPU
             except OSError:
                 tmp = None
-        session = ort.InferenceSession(str(graph), opts, providers=providers)
+        try:
+            session = ort.InferenceSession(str(graph), opts, providers=providers)
+        except Exception as e:  # a damaged or foreign graph file: a typed error naming it
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise ModelError(f"onnxruntime cannot load this graph: {e}", source=str(graph),
+                             reason="bad_graph") from e
         if tmp is not None and cached is not None:
             with contextlib.suppress(OSError):
                 os.replace(tmp, cached)
