@@ -44,7 +44,6 @@ class Bundle:
         return {rate: path for rate, path in graphs.items()
                 if path.parent == self.path and path.suffix == ".onnx" and path.is_file()}
 
-
     @property
     def files(self) -> list[str]:
         """The file names that make this bundle (what a copy of it must carry): graph, card, the graphs for other

@@ -218,6 +218,10 @@ class Classifier:
             return native
         return sr
 
+    def _native_rates(self, *lengths: int) -> list[int]:
+        """The rates below the model's at which `input_rate` keeps an input (for `audio.blocks`)."""
+        return [r for r in self.graphs if r != self.sample_rate and self.input_rate(r, *lengths) == r]
+
     def run_windows(self, frames: np.ndarray, outputs: tuple[str, ...] = ("scores",), *,
                     stop: Callable[[], None] | None = None, rate: int | None = None) -> list[np.ndarray]:
         """Outputs for many equal-length windows: batches of up to 8 s of audio (8 one-second windows, one
@@ -444,9 +448,8 @@ class Classifier:
 
     def logmel(self, source: Source, title: str | None = None, max_seconds: float = 60.0) -> np.ndarray:
         """The model's own input features [mels, frames] for the first `max_seconds` (for display)."""
-        native = [r for r in self.graphs if r != self.sample_rate]  # as `predict` reads it: same graph, same frames
         with audio.blocks(source, self.sample_rate, max_seconds, name=title or source_title(source),
-                          native_rates=native) as blocks:
+                          native_rates=self._native_rates()) as blocks:  # as `predict` reads it: same graph
             y, rate = next(blocks, None), blocks.sample_rate
         if y is None or not len(y):
             raise AudioError("no samples after decoding", source=title or source_title(source), reason="no_samples")
@@ -465,7 +468,7 @@ class Classifier:
         windows the header promises, then the running count, and raises to refuse the input."""
         sr = self.sample_rate
         seconds_per_window, seconds_per_hop = windows.window / sr, windows.hop / sr
-        native = [r for r in self.graphs if self.input_rate(r, windows.window, windows.hop) == r != sr]
+        native = self._native_rates(windows.window, windows.hop)
         with audio.blocks(source, sr, block_seconds=block_seconds, max_seconds=max_seconds, name=title,
                           native_rates=native) as blocks:
             rate = blocks.sample_rate
