@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,6 @@ os.environ.setdefault("EARSHOT_HOME", str(ROOT / ".cache" / "earshot"))
 
 def esc50_clip(category: str, index: int = 0) -> Path:
     """The index-th ESC-50 clip (sorted by file name) of a category, from the shared subset."""
-    import csv
-
     with open(DATA / "esc50" / "meta" / "esc50.csv", newline="") as f:
         rows = sorted(r["filename"] for r in csv.DictReader(f) if r["category"] == category)
     return DATA / "esc50" / "audio" / rows[index]
@@ -40,3 +40,29 @@ def tagger():
     import earshot
 
     return earshot.load("mn04-as")
+
+
+def fsdd_take(speaker: str, digit: int, index: int) -> Path:
+    """One FSDD recording: the `index`-th take of `digit` by `speaker` (8 kHz WAV)."""
+    return DATA / "fsdd" / "recordings" / f"{digit}_{speaker}_{index}.wav"
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory):
+    """A spotter of four digits: 4 speakers (30 takes of each) train, theo validates, plus a _silence_ class.
+    About 90 s on 2 cores; 0.99 on theo. (With three training speakers and 15 epochs the CNN reached only 0.43.)"""
+    from earshot.training import train
+
+    tmp = tmp_path_factory.mktemp("digits")
+    manifest = tmp / "digits.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold", "group"])
+        for speaker in ("george", "jackson", "lucas", "nicolas", "theo"):
+            for digit in (1, 3, 7, 9):
+                for index in range(30):
+                    w.writerow([fsdd_take(speaker, digit, index), digit, speaker, speaker])
+    t0 = time.time()
+    bundle = train(manifest, tmp / "bundle", model="cnn", val_fold="theo", epochs=12, background=True, quiet=True)
+    print(f"digits_bundle trained in {time.time() - t0:.0f} s")
+    return bundle

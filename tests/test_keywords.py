@@ -6,15 +6,12 @@ Tests that need the speech synthesisers fail (rather than skip) under CI, which 
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +19,7 @@ import soundfile as sf
 import soxr
 import websockets
 from apiserver import server_process
-from conftest import DATA, esc50_clip
+from conftest import DATA, esc50_clip, fsdd_take
 
 from earshot.events import EventTracker
 from earshot.training import keywords, synthesis
@@ -145,32 +142,6 @@ def test_parse_words_and_generated_background():
         assert (rms == 0) if kind == "silence" else abs(20 * np.log10(rms) + 30) < 0.5
 
 
-def _fsdd(speaker: str, digit: int, index: int) -> Path:
-    return FSDD / f"{digit}_{speaker}_{index}.wav"
-
-
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory):
-    """A spotter of four digits: 4 speakers (30 takes of each) train, theo validates, plus a _silence_ class.
-    About 90 s on 2 cores; 0.99 on theo. (With three training speakers and 15 epochs the CNN reached only 0.43.)"""
-    pytest.importorskip("torch")
-    from earshot.training import train
-
-    tmp = tmp_path_factory.mktemp("digits")
-    manifest = tmp / "digits.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "fold", "group"])
-        for speaker in ("george", "jackson", "lucas", "nicolas", "theo"):
-            for digit in (1, 3, 7, 9):
-                for index in range(30):
-                    w.writerow([_fsdd(speaker, digit, index), digit, speaker, speaker])
-    t0 = time.time()
-    bundle = train(manifest, tmp / "bundle", model="cnn", val_fold="theo", epochs=12, background=True, quiet=True)
-    print(f"digits_bundle trained in {time.time() - t0:.0f} s")
-    return bundle
-
-
 @pytest.mark.slow
 def test_keywords_in_continuous_audio_stream_with_timestamps(digits_bundle, tmp_path):
     """An unseen speaker's digits (at -26 dBFS; takes 40-42, in neither training nor validation) at known times
@@ -184,7 +155,7 @@ def test_keywords_in_continuous_audio_stream_with_timestamps(digits_bundle, tmp_
     audio = keywords.background_clip("pink", rng, seconds=9.0, level_db=-60)
     truth = []
     for at, (digit, index) in zip((1.0, 3.5, 6.0), ((3, 40), (7, 41), (1, 42))):
-        y, native = sf.read(_fsdd("theo", digit, index), dtype="float32")
+        y, native = sf.read(fsdd_take("theo", digit, index), dtype="float32")
         y = soxr.resample(y, native, sr)
         y *= 10 ** (-26 / 20) / np.sqrt(np.mean(y ** 2))
         s = int(at * sr)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AudioError", "Classifier", "DataError", "EarshotError", "Event", "LabelError", "ModelError", "Prediction",
-    "Segment", "StorageError", "load", "train", "__version__",
+    "Segment", "StorageError", "adapt", "load", "train", "__version__",
 ]
 
 
@@ -31,6 +31,15 @@ def train(data: str | Path, out: str | Path, **options: Any) -> Path:
     from earshot.training import train as _train
 
     return _train(data, out, **options)
+
+
+def adapt(model: str | Path, sources: Any, out: str | Path, **options: Any) -> Path:
+    """A copy of bundle `model` at `out` adapted to the domain of `sources` (unlabelled audio: a new voice,
+    microphone or site) by re-estimating its normalisation statistics; needs `earshot[adapt]`. See
+    `earshot.adaptation`."""
+    from earshot.adaptation import adapt as _adapt
+
+    return _adapt(model, sources, out, **options)
 
 
 def __getattr__(name: str):

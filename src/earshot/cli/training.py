@@ -106,3 +106,36 @@ def evaluate(
         for k in ("n", "accuracy", "macro_f1", "mAP", "auc", "d_prime"):
             if k in metrics:
                 typer.echo(f"{k:>10}: {metrics[k]}")
+
+
+@app.command(rich_help_panel="Train")
+def adapt(
+    bundle: Annotated[str, typer.Argument(help="Bundle directory, registry name or s3:// bundle prefix.")],
+    inputs: Annotated[list[str], typer.Argument(help="Unlabelled audio of the new domain: files, folders, globs, "
+                                                "s3:// prefixes.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Bundle directory (or s3:// prefix) to write.")],
+    strength: Annotated[float, typer.Option(help="Share of the new statistics, in (0, 1]; 1 replaces the "
+                                            "training ones.")] = 1.0,
+    max_seconds: Annotated[float, typer.Option(help="Audio read at most, in the order given.")] = 3600.0,
+    name: Annotated[str | None, typer.Option(help="The adapted model's name (default: the folder's).")] = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Adapt a bundle to a new voice, microphone or site from unlabelled recordings of it: its normalisation
+    statistics are measured again on them (AdaBN), every weight unchanged. Needs onnx (pip install
+    "earshot\\[adapt]"). Inputs that cannot be decoded are reported and skipped."""
+    from earshot.adaptation import adapt as run_adapt
+    from earshot.cli.embeddings import use_endpoint
+    from earshot.cli.inputs import expand_inputs
+
+    use_endpoint(endpoint_url)
+    try:
+        path = run_adapt(bundle, expand_inputs(inputs, endpoint_url), out, strength=strength,
+                         max_seconds=max_seconds, name=name, endpoint_url=endpoint_url,
+                         on_error=lambda e: err(f"skipped {e}"))
+        summary = json.loads((path / "card.json").read_text())["adaptation"]
+    except (EarshotError, ValueError) as e:
+        err(str(e))
+        raise typer.Exit(2) from e
+    err(f"adapted {summary['layers']} layers on {summary['files']} files ({summary['seconds']:.1f} s of audio, "
+        f"{summary['model_inputs']} model inputs; {len(summary['skipped'])} skipped)")
+    typer.echo(out)
