@@ -8,6 +8,7 @@ never heard, with and without adaptation, is measured by `benchmarks/keywords.py
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 import soundfile as sf
 from conftest import esc50_clip, fsdd_take
 from onnx import numpy_helper
+from s3server import s3_fixture  # noqa: F401 - the `s3` fixture
 
 from earshot import audio, clips
 from earshot.adaptation import adapt
@@ -173,3 +175,28 @@ def test_cli_adapts_a_folder_and_the_result_serves_without_torch(digits_bundle, 
     r = subprocess.run([sys.executable, "-m", "earshot.cli", "adapt", str(digits_bundle), str(tmp_path / "none"),
                         "--out", str(tmp_path / "never")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no usable audio" in r.stderr
+
+
+def test_adapt_reads_and_writes_object_storage(digits_bundle, new_microphone, s3, tmp_path):
+    """Bundle, recordings and result all in a bucket: `earshot adapt s3://... s3://... --out s3://...` uploads the
+    adapted bundle (graph and card), and `earshot predict` serves it from there."""
+    client = s3.client()
+    for f in ("model.onnx", "card.json"):
+        client.upload_file(str(digits_bundle / f), "earshot", f"models/kws/{f}")
+    for f in sorted(new_microphone.iterdir()):
+        client.upload_file(str(f), "earshot", f"site/{f.name}")
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3.url}
+    p = subprocess.run([sys.executable, "-m", "earshot.cli", "adapt", "s3://earshot/models/kws", "s3://earshot/site/",
+                        "--out", "s3://earshot/models/kws-mic", "--endpoint-url", s3.url],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="earshot", Prefix="models/kws-mic/")["Contents"]}
+    assert keys == {"models/kws-mic/model.onnx", "models/kws-mic/card.json"}
+    card = json.loads(client.get_object(Bucket="earshot", Key="models/kws-mic/card.json")["Body"].read())
+    assert card["name"] == "kws-mic" and card["adaptation"]["files"] == 80
+    assert [s["source"].endswith("9_theo_99.wav") for s in card["adaptation"]["skipped"]] == [True]
+    q = subprocess.run([sys.executable, "-m", "earshot.cli", "predict", "--model", "s3://earshot/models/kws-mic",
+                        str(new_microphone / "3_theo_47.wav"), "--endpoint-url", s3.url],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert json.loads(q.stdout)["labels"][0] == "3"

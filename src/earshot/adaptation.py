@@ -66,7 +66,8 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
           on_error: Callable[[EarshotError], None] | None = None, endpoint_url: str | None = None) -> Path:
     """Write to `out` a copy of the bundle `model` (registry name, folder or `s3://` prefix) whose normalisation
     statistics are re-estimated on `sources` (audio files or file objects; unlabelled). Returns the local bundle
-    folder (a staging copy when `out` is an `s3://` prefix, which receives the bundle).
+    folder; when `out` is an `s3://` prefix, which receives the bundle, a staging copy in a temporary folder of its
+    own (its parent), which the caller may delete.
 
     `strength` in (0, 1]: the share of the new statistics (1 replaces the training ones). `max_seconds`: audio read
     at most, in the order given. A source that cannot be decoded (or an `EarshotError` passed in its place, as

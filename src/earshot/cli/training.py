@@ -133,6 +133,10 @@ def adapt(
                          max_seconds=max_seconds, name=name, endpoint_url=endpoint_url,
                          on_error=lambda e: err(f"skipped {e}"))
         summary = json.loads((path / "card.json").read_text())["adaptation"]
+        if out.startswith("s3://"):
+            import shutil
+
+            shutil.rmtree(path.parent, ignore_errors=True)  # the staging copy, uploaded
     except (EarshotError, ValueError) as e:
         err(str(e))
         raise typer.Exit(2) from e
