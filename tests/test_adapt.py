@@ -106,12 +106,15 @@ def test_strength_blends_with_the_training_statistics(digits_bundle, new_microph
 def test_registry_tagger_adapts_with_its_graphs_for_other_rates(tagger, tmp_path):
     """mn04-as (46 normalisation layers) adapted on a few ESC-50 clips: the 16 and 8 kHz graphs get the same
     statistics, so on a 16 kHz clip the adapted bundle's 16 kHz graph agrees with its main graph as closely as the
-    original's two graphs do. (What adaptation on so few clips does to the tagger's answers is measured in the
-    README: a broad tagger is not what it is for.)"""
+    original's two graphs do. Without `force` the tagger is refused: adapting it costs accuracy (README)."""
     clips_ = [esc50_clip(c, i) for c in ("dog", "rain", "crying_baby") for i in range(2)]
-    out = adapt("mn04-as", clips_, tmp_path / "tagger-site")
+    with pytest.raises(ModelError) as e:
+        adapt("mn04-as", clips_, tmp_path / "refused")
+    assert e.value.reason == "not_recommended" and "--force" in str(e.value)
+    out = adapt("mn04-as", clips_, tmp_path / "tagger-site", force=True)
     card = json.loads((out / "card.json").read_text())
     assert card["adaptation"]["layers"] == 46 and card["adaptation"]["rate_graphs_dropped"] == []
+    assert card["adaptation"]["forced"] is True
     assert set(card["rate_graphs"]) == {"16000", "8000"}
     for graph in ("model_16000.onnx", "model_8000.onnx"):
         main = [m for m, _ in _batchnorm_stats(out)]

@@ -118,6 +118,8 @@ def adapt(
                                             "training ones.")] = 1.0,
     max_seconds: Annotated[float, typer.Option(help="Audio read at most, in the order given.")] = 3600.0,
     name: Annotated[str | None, typer.Option(help="The adapted model's name (default: the folder's).")] = None,
+    force: Annotated[bool, typer.Option(help="Adapt a transfer bundle or the pretrained tagger too (measured to "
+                                        "cost accuracy; evaluate the result).")] = False,
     endpoint_url: Endpoint = None,
 ) -> None:
     """Adapt a bundle to a new voice, microphone or site from unlabelled recordings of it: its normalisation
@@ -130,7 +132,7 @@ def adapt(
     use_endpoint(endpoint_url)
     try:
         path = run_adapt(bundle, expand_inputs(inputs, endpoint_url), out, strength=strength,
-                         max_seconds=max_seconds, name=name, endpoint_url=endpoint_url,
+                         max_seconds=max_seconds, name=name, endpoint_url=endpoint_url, force=force,
                          on_error=lambda e: err(f"skipped {e}"))
         summary = json.loads((path / "card.json").read_text())["adaptation"]
         if out.startswith("s3://"):
