@@ -13,10 +13,12 @@ import shutil
 import subprocess
 import sys
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 import soundfile as sf
+from apiserver import server_process
 from conftest import esc50_clip, fsdd_take
 from onnx import numpy_helper
 from s3server import s3_fixture  # noqa: F401 - the `s3` fixture
@@ -203,3 +205,43 @@ def test_adapt_reads_and_writes_object_storage(digits_bundle, new_microphone, s3
                        capture_output=True, text=True, timeout=120, env=env)
     assert q.returncode == 0, q.stderr[-2000:]
     assert json.loads(q.stdout)["labels"][0] == "3"
+
+
+def test_server_adapts_a_model_from_uploaded_recordings(digits_bundle, new_microphone, tmp_path):
+    """`POST /v1/models/digits/adapt?out=digits-mic` on a real uvicorn: the recordings are uploaded as file fields,
+    the bad one is listed by its own name, and the adapted model answers `/v1/predict` by its new name at once.
+    A taken name is 409, an unknown model 404, a bad name 422, the pretrained tagger 422 without `force`, no
+    recordings 400, a body that is not multipart 415."""
+    shutil.copytree(digits_bundle, tmp_path / "models" / "digits")
+    takes = sorted(new_microphone.glob("*_theo_3?.wav")) + [new_microphone / "9_theo_99.wav"]
+    files = [("file", (f.name, f.read_bytes(), "audio/wav")) for f in takes]
+    with server_process(tmp_path) as (base, _pid), httpx.Client(base_url=base, timeout=120) as client:
+        r = client.post("/v1/models/digits/adapt", params={"out": "digits-mic"}, files=files)
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["model"] == "digits-mic" and r.headers["location"] == "/v1/models/digits-mic"
+        assert body["adaptation"]["files"] == 40 and body["adaptation"]["layers"] == 6
+        assert [s["source"] for s in body["adaptation"]["skipped"]] == ["9_theo_99.wav"]
+        held_out = sorted(new_microphone.glob("*_theo_4?.wav"))  # not among the recordings adapted on
+        answers = [client.post("/v1/predict", params={"model": "digits-mic"},
+                               files={"file": (f.name, f.read_bytes())}).json() for f in held_out]
+        assert all(a["model"] == "digits-mic" for a in answers)
+        accuracy = np.mean([a["labels"][0] == f.name[0] for a, f in zip(answers, held_out)])
+        original = Classifier(read_bundle(digits_bundle))
+        before = np.mean([original.predict(f).labels[0] == f.name[0] for f in held_out])
+        print(f"theo's takes 40-49 through the new microphone: {before:.3f} unadapted, {accuracy:.3f} adapted")
+        assert accuracy >= 0.85
+        card = client.get("/v1/models/digits-mic").json()
+        assert card["adaptation"]["from"]["name"] == original.name and card["metrics"] is None
+        assert "digits-mic" in {m["name"] for m in client.get("/v1/models").json()["models"]}
+        refusals = [
+            (client.post("/v1/models/digits/adapt", params={"out": "digits-mic"}, files=files[:2]), 409, "exists"),
+            (client.post("/v1/models/nope/adapt", params={"out": "x1"}, files=files[:2]), 404, "not_found"),
+            (client.post("/v1/models/digits/adapt", params={"out": "../x"}, files=files[:2]), 422, "invalid_request"),
+            (client.post("/v1/models/mn04-as/adapt", params={"out": "x2"}, files=files[:2]), 422, "not_recommended"),
+            (client.post("/v1/models/digits/adapt", params={"out": "x3"}, files={"note": (None, "b")}), 400, "no_file"),
+            (client.post("/v1/models/digits/adapt", params={"out": "x4"}, data={"a": "b"}), 415, "unsupported"),
+        ]
+        for response, status, reason in refusals:
+            assert (response.status_code, response.json()["error"]["reason"]) == (status, reason), response.text
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["digits", "digits-mic"]

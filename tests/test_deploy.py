@@ -66,7 +66,7 @@ def test_serving_image_runs_as_a_user_with_a_healthcheck():
     text = (DEPLOY / "Dockerfile").read_text()
     final = text[text.rindex("\nFROM "):]
     assert "USER 10001" in final and "/healthz" in final and "HEALTHCHECK" in final
-    assert '".[${EXTRAS}]"' in final and "ARG EXTRAS=serve,s3,watch,postgres" in final
+    assert '".[${EXTRAS}]"' in final and "ARG EXTRAS=serve,s3,watch,postgres,adapt" in final
     assert "ARG EARSHOT_MODEL_MIRROR" in text and "earshot models pull" in text
 
 

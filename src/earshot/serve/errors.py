@@ -24,6 +24,9 @@ log = logging.getLogger("earshot.serve")
 
 AUDIO_STATUS = {"empty": 400, "unsupported": 415, "needs_media_extra": 415, "too_long": 413, "not_found": 400}
 DATA_STATUS = {"too_large": 413, "unsupported": 415}
+# a model that exists but cannot take the operation asked of it (`earshot adapt`) is 422; a missing extra, 501
+MODEL_STATUS = {"not_found": 404, "not_recommended": 422, "not_adaptable": 422, "head_only": 422,
+                "needs_adapt_extra": 501}
 CLIENT_CLOSED = 499  # the client went away before its answer (logged and counted, never received)
 
 
@@ -65,7 +68,7 @@ def status_for(exc: BaseException) -> int:
     if isinstance(exc, AudioError):
         return AUDIO_STATUS.get(exc.reason, 422)
     if isinstance(exc, ModelError):
-        return 404 if exc.reason == "not_found" else 500
+        return MODEL_STATUS.get(exc.reason, 500)
     if isinstance(exc, DataError):
         return DATA_STATUS.get(exc.reason, 400)
     if isinstance(exc, EarshotError):

@@ -152,7 +152,7 @@ class BodyLimit:
 
     def cap(self, path: str) -> int:
         """Bytes a request body to `path` may have."""
-        if path.startswith("/v1/train"):
+        if path.startswith("/v1/train") or (path.startswith("/v1/models/") and path.endswith("/adapt")):
             return self.settings.max_train_upload_bytes
         if path.startswith(INFERENCE_PATHS):
             return self.settings.max_upload_bytes

@@ -115,6 +115,29 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] | None = None
 
 
+class Adaptation(BaseModel):
+    """The card's `adaptation` record of an adapted bundle (`earshot adapt`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str
+    strength: float
+    files: int = Field(description="recordings decoded and used")
+    seconds: float = Field(description="audio used, seconds")
+    model_inputs: int
+    skipped: list[dict[str, str]] = Field(description="recordings that could not be decoded: source, reason, message")
+    layers: int = Field(description="normalisation layers re-estimated")
+    layer_mean_shift: list[float]
+    metrics_before: dict[str, Any] | None = None
+
+
+class Adapted(BaseModel):
+    """`POST /v1/models/{name}/adapt`: the new model's name and what was done."""
+
+    model: str
+    adaptation: Adaptation
+
+
 class JobTimings(BaseModel):
     """Unix times of a job's steps and the seconds between them (so far, while it runs)."""
 
