@@ -36,7 +36,7 @@ def _batchnorm_stats(bundle, graph: str = "model.onnx") -> list[tuple[np.ndarray
     return [(inits[n.input[3]], inits[n.input[4]]) for n in model.graph.node if n.op_type == "BatchNormalization"]
 
 
-def _thin_microphone(src, dest) -> None:
+def thin_microphone(src, dest) -> None:
     """A recording chain the model never heard: +6 dB an octave (a small capsule), 35 dB quieter."""
     y, sr = sf.read(src, dtype="float32")
     f = np.fft.rfftfreq(len(y), 1 / sr)
@@ -46,12 +46,12 @@ def _thin_microphone(src, dest) -> None:
 
 @pytest.fixture(scope="module")
 def new_microphone(tmp_path_factory):
-    """Theo's takes 30-49 of the spotter's digits (never trained on) through `_thin_microphone`, and a file that is
+    """Theo's takes 30-49 of the spotter's digits (never trained on) through `thin_microphone`, and a file that is
     not audio among them."""
     folder = tmp_path_factory.mktemp("new_mic")
     for digit in (1, 3, 7, 9):
         for index in range(30, 50):
-            _thin_microphone(fsdd_take("theo", digit, index), folder / f"{digit}_theo_{index}.wav")
+            thin_microphone(fsdd_take("theo", digit, index), folder / f"{digit}_theo_{index}.wav")
     (folder / "9_theo_99.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
     return folder
 

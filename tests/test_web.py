@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT, esc50_clip
+from conftest import ROOT, esc50_clip, fsdd_take
 from test_serve import HAS_TRAIN, class_zip, running_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -281,3 +281,45 @@ def test_file_over_upload_cap_streams_through_websocket(browser, tmp_path):
         assert "format=s16le" in sockets[2] and "rate=16000" in sockets[2]  # decoded and resampled here
         pg.screenshot(path=str(ARTIFACTS / "web_stream_file.png"), full_page=True)
         ctx.close()
+
+
+def test_adapt_a_model_to_a_new_microphone_in_the_page(browser, digits_bundle, tmp_path):
+    """Train view → "Adapt a model": recordings of a voice through a microphone the model never heard (one file
+    that is not audio among them) adapt the digit spotter under a new name, which the page reports, lists and
+    selects; classifying a held-out take with it then names a digit."""
+    from test_adapt import thin_microphone
+
+    root = tmp_path / "site"
+    shutil.copytree(digits_bundle, root / "models" / "digits")
+    recordings = tmp_path / "mic"
+    recordings.mkdir()
+    for digit in (1, 3, 7, 9):
+        for index in range(30, 36):
+            thin_microphone(fsdd_take("theo", digit, index), recordings / f"{digit}_theo_{index}.wav")
+    (recordings / "notes.wav").write_bytes(b"RIFF....WAVEnot audio")
+    held_out = tmp_path / "7_theo_44.wav"
+    thin_microphone(fsdd_take("theo", 7, 44), held_out)
+    with running_server(root) as base:
+        ctx, pg = open_page(browser, base)
+        try:
+            pg.click("#tab-train")
+            pg.wait_for_function("[...document.querySelectorAll('#adapt-model option')]"
+                                 ".some(o => o.value === 'digits')")
+            pg.select_option("#adapt-model", "digits")
+            pg.set_input_files("#adapt-files", [str(p) for p in sorted(recordings.iterdir())])
+            assert pg.locator("#adapt-file-label").inner_text().startswith("25 recordings")
+            pg.fill("#adapt-name", "digits-mic")
+            pg.click("#adapt-submit")
+            pg.wait_for_selector("#adapt-result:not([hidden])", timeout=60_000)
+            text = pg.locator("#adapt-result").inner_text()
+            assert text.startswith("digits-mic: 6 layers adapted on 24 recordings") and "Skipped 1: notes.wav" in text
+            pg.wait_for_function("document.querySelector('#model-select').value === 'digits-mic'")
+            assert (root / "models" / "digits-mic" / "model.onnx").is_file()
+            pg.screenshot(path=str(ARTIFACTS / "web_adapt.png"), full_page=True)
+            pg.click("#tab-classify")
+            pg.set_input_files("#file-input", str(held_out))
+            pg.wait_for_function("['1', '3', '7', '9']"
+                                 ".includes(document.querySelector('#chart .bar-label')?.textContent)")
+            pg.screenshot(path=str(ARTIFACTS / "web_adapted.png"), full_page=True)
+        finally:
+            ctx.close()

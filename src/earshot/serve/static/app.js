@@ -92,6 +92,15 @@ async function loadModels(select) {
   }
   sel.value = data.models.some((m) => m.name === current) ? current : data.default;
   state.model = sel.value;
+  const adaptSel = $("#adapt-model");  // the models one may adapt: this server's bundles (the tagger is refused)
+  const keep = adaptSel.value;
+  adaptSel.innerHTML = "";
+  for (const m of data.models.filter((m) => m.source === "bundle")) {
+    const opt = document.createElement("option");
+    opt.value = opt.textContent = m.name;
+    adaptSel.appendChild(opt);
+  }
+  if (keep && [...adaptSel.options].some((o) => o.value === keep)) adaptSel.value = keep;
 }
 
 async function loadSamples() {
@@ -321,12 +330,13 @@ function seekFrom(el, span) {
 }
 
 // ------------------------------------------------------------------ input: drop, pick, record
-function dropTarget(el, onFile) {
+function dropTarget(el, onFile, onFiles = null) {
   el.addEventListener("dragover", (e) => { e.preventDefault(); el.classList.add("over"); });
   el.addEventListener("dragleave", () => el.classList.remove("over"));
   el.addEventListener("drop", (e) => {
     e.preventDefault();
     el.classList.remove("over");
+    if (onFiles) { if (e.dataTransfer.files.length) onFiles(e.dataTransfer.files); return; }
     const f = e.dataTransfer.files[0];
     if (f) onFile(f);
   });
@@ -400,6 +410,47 @@ async function submitTraining(ev) {
   } finally {
     btn.disabled = false;
     btn.textContent = "Start training";
+  }
+}
+
+// ------------------------------------------------------------------ adapting a model to a new domain
+let adaptFiles = [];
+
+function setAdaptFiles(files) {
+  adaptFiles = [...files];
+  const mb = adaptFiles.reduce((n, f) => n + f.size, 0) / 1048576;
+  $("#adapt-file-label").textContent = adaptFiles.length
+    ? `${adaptFiles.length} recording${adaptFiles.length > 1 ? "s" : ""} · ${mb.toFixed(1)} MB`
+    : "Drop recordings of the new voice or microphone";
+}
+
+async function submitAdapt(ev) {
+  ev.preventDefault();
+  clearError();
+  const model = $("#adapt-model").value;
+  const out = $("#adapt-name").value.trim() || (model ? `${model}-adapted` : "");
+  if (!model) { showError({ type: "ModelError", message: "no custom model to adapt: train one first" }); return; }
+  if (!adaptFiles.length) { showError({ type: "DataError", message: "choose recordings of the new voice first" }); return; }
+  const form = new FormData();
+  for (const f of adaptFiles) form.append("file", f, f.name);
+  const btn = $("#adapt-submit");
+  btn.disabled = true;
+  btn.textContent = "Adapting…";
+  try {
+    const q = new URLSearchParams({ out });
+    const res = await api(`/v1/models/${encodeURIComponent(model)}/adapt?${q}`, { method: "POST", body: form });
+    const a = res.adaptation;
+    let text = `${res.model}: ${a.layers} layers adapted on ${a.files} recording${a.files === 1 ? "" : "s"} ` +
+      `(${a.seconds.toFixed(1)} s of audio).`;
+    if (a.skipped.length) text += ` Skipped ${a.skipped.length}: ${a.skipped.map((s) => s.source).join(", ")}.`;
+    $("#adapt-result").textContent = text;
+    $("#adapt-result").hidden = false;
+    await loadModels(res.model);
+  } catch (e) {
+    showError(e);
+  } finally {
+    btn.disabled = false;
+    btn.textContent = "Adapt";
   }
 }
 
@@ -489,6 +540,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#train-file").onchange = (e) => setTrainFile(e.target.files[0] || null);
   dropTarget($("#train-drop"), setTrainFile);
   $("#train-form").onsubmit = submitTraining;
+  $("#adapt-files").onchange = (e) => setAdaptFiles(e.target.files);
+  dropTarget($("#adapt-drop"), null, setAdaptFiles);
+  $("#adapt-form").onsubmit = submitAdapt;
   requestAnimationFrame(tick);
   boot();
 });
