@@ -145,6 +145,11 @@ def test_what_cannot_be_adapted_says_why(digits_bundle, tmp_path):
     assert e.value.reason == "same_path"
     with pytest.raises(ValueError):
         adapt(digits_bundle, [fsdd_take("theo", 1, 40)], tmp_path / "y", strength=0)
+    (tmp_path / "documents").mkdir()
+    (tmp_path / "documents" / "letter.txt").write_text("kept")
+    with pytest.raises(ModelError) as e:  # a folder that is not a bundle is never replaced
+        adapt(digits_bundle, [fsdd_take("theo", 1, 40)], tmp_path / "documents")
+    assert e.value.reason == "out_exists" and (tmp_path / "documents" / "letter.txt").read_text() == "kept"
     # a graph whose normalisation was folded into its convolutions (bundles exported before it was kept)
     folded = tmp_path / "folded"
     shutil.copytree(digits_bundle, folded)
@@ -210,9 +215,10 @@ def test_adapt_reads_and_writes_object_storage(digits_bundle, new_microphone, s3
 def test_server_adapts_a_model_from_uploaded_recordings(digits_bundle, new_microphone, tmp_path):
     """`POST /v1/models/digits/adapt?out=digits-mic` on a real uvicorn: the recordings are uploaded as file fields,
     the bad one is listed by its own name, and the adapted model answers `/v1/predict` by its new name at once.
-    A taken name is 409, an unknown model 404, a bad name 422, the pretrained tagger 422 without `force`, no
-    recordings 400, a body that is not multipart 415."""
+    A taken name (or a folder there that is not a bundle) is 409, an unknown model 404, a bad name 422, the
+    pretrained tagger 422 without `force`, no recordings 400, a body that is not multipart 415."""
     shutil.copytree(digits_bundle, tmp_path / "models" / "digits")
+    (tmp_path / "models" / "notes").mkdir()  # a folder that is not a bundle: never replaced
     takes = sorted(new_microphone.glob("*_theo_3?.wav")) + [new_microphone / "9_theo_99.wav"]
     files = [("file", (f.name, f.read_bytes(), "audio/wav")) for f in takes]
     with server_process(tmp_path) as (base, _pid), httpx.Client(base_url=base, timeout=120) as client:
@@ -236,6 +242,7 @@ def test_server_adapts_a_model_from_uploaded_recordings(digits_bundle, new_micro
         assert "digits-mic" in {m["name"] for m in client.get("/v1/models").json()["models"]}
         refusals = [
             (client.post("/v1/models/digits/adapt", params={"out": "digits-mic"}, files=files[:2]), 409, "exists"),
+            (client.post("/v1/models/digits/adapt", params={"out": "notes"}, files=files[:2]), 409, "out_exists"),
             (client.post("/v1/models/nope/adapt", params={"out": "x1"}, files=files[:2]), 404, "not_found"),
             (client.post("/v1/models/digits/adapt", params={"out": "../x"}, files=files[:2]), 422, "invalid_request"),
             (client.post("/v1/models/mn04-as/adapt", params={"out": "x2"}, files=files[:2]), 422, "not_recommended"),
@@ -244,4 +251,4 @@ def test_server_adapts_a_model_from_uploaded_recordings(digits_bundle, new_micro
         ]
         for response, status, reason in refusals:
             assert (response.status_code, response.json()["error"]["reason"]) == (status, reason), response.text
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["digits", "digits-mic"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["digits", "digits-mic", "notes"]

@@ -34,7 +34,7 @@ import numpy as np
 import onnxruntime as ort
 
 from earshot import __version__, audio, clips
-from earshot.bundle import CARD_FILE, MODEL_FILE, RATE_GRAPHS, read_bundle, write_json_atomic
+from earshot.bundle import CARD_FILE, MODEL_FILE, RATE_GRAPHS, is_bundle, read_bundle, write_json_atomic
 from earshot.classifier import Source, source_title
 from earshot.errors import DataError, EarshotError, ModelError
 from earshot.permissions import dir_mode
@@ -108,6 +108,9 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
     if not remote and Path(out_text).resolve() == Path(src).resolve():
         raise ModelError("the adapted bundle needs a folder of its own (--out), not the source bundle's",
                          source=out_text, reason="same_path")
+    if not remote and Path(out_text).exists() and not is_bundle(out_text):
+        raise ModelError("exists and is not a bundle: the adapted bundle replaces only a bundle folder",
+                         source=out_text, reason="out_exists")
     graph = onnx.load(str(bundle.model_path))
     layers = _batchnorms(graph)
     if not layers:
@@ -125,7 +128,6 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
 
     name = name or Path(out_text.rstrip("/")).name or str(card["name"])
     new_card = {**card, "name": name, "metrics": None, "earshot_version": __version__}
-    new_card.pop("test_metrics", None)
     staging_root = Path(tempfile.mkdtemp(prefix="earshot-adapt-")) if remote else Path(out_text).parent
     staging_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=staging_root, prefix=f".{name}."))
@@ -140,9 +142,10 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
                 graphs[str(rate)] = card[RATE_GRAPHS][str(rate)]
             else:
                 dropped.append(rate)
-        new_card[RATE_GRAPHS] = graphs or None
-        if not graphs:
-            new_card.pop(RATE_GRAPHS)
+        if graphs:
+            new_card[RATE_GRAPHS] = graphs
+        else:
+            new_card.pop(RATE_GRAPHS, None)
         new_card["adaptation"] = {
             "method": "batchnorm_statistics",
             "from": {"name": card["name"], "bundle": str(model),

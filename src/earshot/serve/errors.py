@@ -26,7 +26,7 @@ AUDIO_STATUS = {"empty": 400, "unsupported": 415, "needs_media_extra": 415, "too
 DATA_STATUS = {"too_large": 413, "unsupported": 415}
 # a model that exists but cannot take the operation asked of it (`earshot adapt`) is 422; a missing extra, 501
 MODEL_STATUS = {"not_found": 404, "not_recommended": 422, "not_adaptable": 422, "head_only": 422,
-                "needs_adapt_extra": 501}
+                "out_exists": 409, "needs_adapt_extra": 501}
 CLIENT_CLOSED = 499  # the client went away before its answer (logged and counted, never received)
 
 
