@@ -30,7 +30,10 @@ speaker-adversarial training (gradient reversal, weight 0.3) 0.872; twice the sy
 
 ``--adapt 1,0.5`` (``earshot adapt`` on each unseen speaker, cross-fitted over even and odd takes; seconds per
 speaker): strength 1 nicolas 0.922, jackson 0.942, george 0.928, lucas 0.974, theo 0.976 (mean 0.948 against
-0.930 unadapted); strength 0.5 0.922 / 0.922 / 0.934 / 0.968 / 0.970 (mean 0.943).
+0.930 unadapted); strength 0.5 0.922 / 0.922 / 0.934 / 0.968 / 0.970 (mean 0.943). Not kept, with adaptation
+(nicolas; 0.900, adapted 0.922 for the defaults): batches of one voice at a time, 0.868 / adapted 0.902 (each real
+speaker and each synthesiser alone) and 0.816 / 0.854 (each synthetic voice alone); the input normalised per mel
+band, 0.884 / 0.866.
 
 Earlier figures, --protocol val (CNN, 30 epochs max, seed 0, 2 shared cores). FSDD held-out speaker nicolas (--model
 cnn, scored in torch): default 0.824; --input-norm utterance 0.836; --synthesize with every take in every epoch (500
