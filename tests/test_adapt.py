@@ -133,6 +133,16 @@ def test_registry_tagger_adapts_with_its_graphs_for_other_rates(tagger, tmp_path
     assert gaps[1] <= max(0.05, 2 * gaps[0]), gaps
 
 
+def test_package_function_and_module_coexist(digits_bundle, tmp_path):
+    """`earshot.adapt` is the function (the module is `earshot.adaptation`, so importing it never shadows it)."""
+    import earshot
+    import earshot.adaptation
+
+    out = earshot.adapt(digits_bundle, [fsdd_take("theo", 3, 41)], tmp_path / "one-take")
+    assert callable(earshot.adapt) and earshot.adapt is not earshot.adaptation
+    assert json.loads((out / "card.json").read_text())["adaptation"]["files"] == 1
+
+
 def test_what_cannot_be_adapted_says_why(digits_bundle, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
