@@ -28,14 +28,13 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from earshot import __version__, audio, clips
+from earshot import __version__
 from earshot.bundle import CARD_FILE, MODEL_FILE, RATE_GRAPHS, is_bundle, read_bundle, write_json_atomic
-from earshot.classifier import Source, source_title
+from earshot.classifier import Classifier, Source, source_title
 from earshot.errors import DataError, EarshotError, ModelError
 from earshot.permissions import dir_mode
 
@@ -93,9 +92,7 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
     src = resolve(model)
     bundle = read_bundle(src)
     card = bundle.card
-    if card.get("input", "waveform") != "waveform":
-        raise ModelError("a head-only bundle scores embeddings, not audio; adapt the bundle that made them",
-                         source=str(src), reason="head_only")
+    clf = Classifier(bundle)  # decoding and the clip policy as served; refuses head-only bundles (head_only)
     family = (card.get("training") or {}).get("family")
     if family not in ADAPTABLE_FAMILIES and not force:
         raise ModelError(f"a {family or 'pretrained'} bundle: its normalisation statistics belong to a backbone "
@@ -117,7 +114,7 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
         raise ModelError("its graph has no batch-normalisation statistics to re-estimate (a bundle exported with "
                          "them folded into the convolutions: retrain it, or `earshot models pull --force` a "
                          "registry model, with this version)", source=str(src), reason="not_adaptable")
-    inputs = _read(sources, card, max_seconds, on_error)
+    inputs = _read(sources, clf, max_seconds, on_error)
     if not inputs.windows:
         raise DataError("no usable audio to adapt on" + (f" ({len(inputs.skipped)} inputs skipped)"
                                                          if inputs.skipped else ""), source=str(model),
@@ -212,11 +209,9 @@ def _set_initializer(graph, name: str, value: np.ndarray) -> None:
     raise KeyError(name)
 
 
-def _read(sources: Iterable[Source | EarshotError], card: dict[str, Any], max_seconds: float,
+def _read(sources: Iterable[Source | EarshotError], clf: Classifier, max_seconds: float,
           on_error: Callable[[EarshotError], None] | None) -> _Inputs:
-    """Decode each source at the model's rate into the inputs `Classifier.predict` would give the model."""
-    sr = int(card["sample_rate"])
-    window, min_seconds = float(card["window_seconds"]), float(card.get("min_seconds", clips.DEFAULT_MIN_SECONDS))
+    """Decode each source at the model's rate into the inputs `clf.predict` would give the model."""
     got = _Inputs()
     for source in sources:
         if got.seconds >= max_seconds:
@@ -225,16 +220,16 @@ def _read(sources: Iterable[Source | EarshotError], card: dict[str, Any], max_se
         try:
             if isinstance(source, EarshotError):
                 raise source
-            y = audio.decode(source, sr, name=_title(source))
+            y = clf.decode(source, _title(source))
         except EarshotError as e:
             got.skipped.append({"source": e.source or _title(source), "reason": e.reason, "message": str(e)})
             if on_error is not None:
                 on_error(e)
             continue
-        frames = clips.clip_frames(y, sr, window, min_seconds)
+        frames = clf.clip_inputs(y)
         got.groups.setdefault(frames.shape[1], []).extend(frames)
         got.files += 1
-        got.seconds += len(y) / sr
+        got.seconds += len(y) / clf.sample_rate
         got.windows += len(frames)
     return got
 

@@ -249,9 +249,14 @@ class Classifier:
                 parts.append(self.run(c, outputs, rate=rate))
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
+    def clip_inputs(self, y: np.ndarray) -> np.ndarray:
+        """The model inputs [n, samples] of a decoded clip (at the model rate) under the clip-length policy
+        (`earshot.clips`) with this card's window and `min_seconds`."""
+        return clips.clip_frames(y, self.sample_rate, self.window_seconds, self.min_seconds)
+
     def _clip_rows(self, y: np.ndarray, output: str) -> np.ndarray:
         """One output row per model input of a decoded clip under the clip-length policy (`earshot.clips`)."""
-        frames = clips.clip_frames(y, self.sample_rate, self.window_seconds, self.min_seconds)
+        frames = self.clip_inputs(y)
         return self.run(frames, (output,))[0] if len(frames) == 1 else self.run_windows(frames, (output,))[0]
 
     def clip_scores(self, y: np.ndarray) -> np.ndarray:
