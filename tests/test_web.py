@@ -237,6 +237,27 @@ def test_listen_streams_microphone_live(mic_browser, site):
     ctx.close()
 
 
+def test_record_classifies_the_microphone(mic_browser, site):
+    """Classify view → Record, then Stop: the browser's own recording (WebM/Opus, the microphone as it is, its
+    speech processing off) is uploaded and classified; the barks come out as a dog."""
+    ctx, pg = open_page(mic_browser, site)
+    try:
+        answers = []
+        pg.on("response", lambda r: answers.append((r.url, r.status)))
+        pg.click("#record-btn")
+        pg.wait_for_function("document.querySelector('#record-label').textContent === 'Stop · 4 s'")
+        pg.click("#record-btn")
+        pg.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        pg.wait_for_function("document.querySelectorAll('#chart .bar-label').length > 0")
+        assert pg.locator("#error").is_hidden(), pg.locator("#error").inner_text()
+        assert pg.locator("#result-title").inner_text().startswith("recording.")
+        assert set(pg.locator("#chart .bar-label").all_inner_texts()[:3]) & DOG_LABELS
+        assert pg.locator("#record-label").inner_text() == "Record"
+        assert [s for u, s in answers if "/v1/predict" in u] == [200]
+    finally:
+        ctx.close()
+
+
 def test_listen_without_microphone_shows_error(page):
     page.click("#listen-btn")
     page.wait_for_selector("#error:not([hidden])")
@@ -283,6 +304,13 @@ def test_file_over_upload_cap_streams_through_websocket(browser, tmp_path):
         ctx.close()
 
 
+def choose_model_to_adapt(pg, name: str) -> None:
+    """Train view, "Adapt a model" card: `name` chosen once the page lists it."""
+    pg.click("#tab-train")
+    pg.wait_for_function(f"[...document.querySelectorAll('#adapt-model option')].some(o => o.value === {name!r})")
+    pg.select_option("#adapt-model", name)
+
+
 def test_adapt_a_model_to_a_new_microphone_in_the_page(browser, digits_bundle, tmp_path):
     """Train view → "Adapt a model": recordings of a voice through a microphone the model never heard (one file
     that is not audio among them) adapt the digit spotter under a new name, which the page reports, lists and
@@ -302,10 +330,7 @@ def test_adapt_a_model_to_a_new_microphone_in_the_page(browser, digits_bundle, t
     with running_server(root) as base:
         ctx, pg = open_page(browser, base)
         try:
-            pg.click("#tab-train")
-            pg.wait_for_function("[...document.querySelectorAll('#adapt-model option')]"
-                                 ".some(o => o.value === 'digits')")
-            pg.select_option("#adapt-model", "digits")
+            choose_model_to_adapt(pg, "digits")
             pg.set_input_files("#adapt-files", [str(p) for p in sorted(recordings.iterdir())])
             assert pg.locator("#adapt-file-label").inner_text().startswith("25 recordings")
             pg.fill("#adapt-name", "digits-mic")
@@ -323,3 +348,84 @@ def test_adapt_a_model_to_a_new_microphone_in_the_page(browser, digits_bundle, t
             pg.screenshot(path=str(ARTIFACTS / "web_adapted.png"), full_page=True)
         finally:
             ctx.close()
+
+
+@pytest.fixture
+def voice_browser(playwright, tmp_path):
+    """Chromium whose microphone plays (in a loop) theo's unseen takes of the spotter's digits through a
+    microphone chain the model never heard, 0.3 s of silence after each (the takes are in tmp_path/takes)."""
+    from test_adapt import thin_microphone
+
+    parts, takes = [], tmp_path / "takes"
+    takes.mkdir()
+    for digit in (1, 3, 7, 9):
+        for index in (36, 37):
+            thin_microphone(fsdd_take("theo", digit, index), takes / f"{digit}_theo_{index}.wav")
+            y, sr = sf.read(takes / f"{digit}_theo_{index}.wav", dtype="float32")
+            parts += [y, np.zeros(int(0.3 * sr), np.float32)]
+    wav = tmp_path / "voice.wav"
+    sf.write(wav, np.concatenate(parts), sr, subtype="PCM_16")
+    fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}"]
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *fake])
+    yield b
+    b.close()
+
+
+def test_adapt_to_a_voice_recorded_in_the_page(voice_browser, digits_bundle, tmp_path):
+    """"Adapt a model" → Record: takes of the new voice recorded from the microphone add up (Clear empties them),
+    go up as the browser's own recordings (WebM/Opus) and adapt the spotter; the card names them and counts their
+    seconds, and the statistics they give are those of the microphone's takes as files, not of the takes as
+    recorded (the browser's speech processing is off)."""
+    import json
+
+    import earshot
+
+    root = tmp_path / "site"
+    shutil.copytree(digits_bundle, root / "models" / "digits")
+    with running_server(root) as base:
+        ctx, pg = open_page(voice_browser, base)
+        try:
+            choose_model_to_adapt(pg, "digits")
+
+            def record(seconds: int, count: int) -> None:
+                pg.click("#adapt-record")
+                pg.wait_for_function(f"document.querySelector('#adapt-record-label').textContent"
+                                     f" === 'Stop · {seconds} s'", timeout=30_000)
+                pg.click("#adapt-record")
+                pg.wait_for_function(f"document.querySelector('#adapt-file-label').textContent"
+                                     f".startsWith('{count} recording')")
+                assert pg.locator("#adapt-record-label").inner_text() == "Record"
+
+            record(1, 1)
+            pg.click("#adapt-clear")
+            assert pg.locator("#adapt-file-label").inner_text().startswith("Drop recordings")
+            assert pg.locator("#adapt-clear").is_hidden()
+            record(3, 1)
+            record(2, 2)
+            pg.fill("#adapt-name", "digits-voice")
+            pg.click("#adapt-submit")
+            pg.wait_for_selector("#adapt-result:not([hidden])", timeout=60_000)
+            assert pg.locator("#error").is_hidden(), pg.locator("#error").inner_text()
+            text = pg.locator("#adapt-result").inner_text()
+            assert text.startswith("digits-voice: 6 layers adapted on 2 recordings"), text
+            assert "Skipped" not in text
+            pg.wait_for_function("document.querySelector('#model-select').value === 'digits-voice'")
+            pg.screenshot(path=str(ARTIFACTS / "web_adapt_record.png"), full_page=True)
+        finally:
+            ctx.close()
+    card = json.loads((root / "models" / "digits-voice" / "card.json").read_text())
+    a = card["adaptation"]
+    assert a["files"] == 2 and a["skipped"] == []
+    assert 4.0 <= a["seconds"] <= 9.0, a["seconds"]  # about 3 s and 2 s of the microphone
+    # the first layer (the log-mel's level and spread) moved as the microphone's takes as files move it, not as
+    # the same takes recorded plainly do: the recording carried the microphone's chain
+    takes = sorted((tmp_path / "takes").glob("*.wav"))
+    ref = {}
+    plain = [fsdd_take("theo", int(p.name[0]), int(p.stem[-2:])) for p in takes]
+    for name, files in (("thin", takes), ("plain", plain)):
+        out = earshot.adapt(digits_bundle, files, tmp_path / f"ref-{name}")
+        ref[name] = json.loads((out / "card.json").read_text())["adaptation"]["layer_mean_shift"][0]
+    shift = a["layer_mean_shift"][0]
+    assert abs(shift - ref["thin"]) < abs(shift - ref["plain"]), (shift, ref)
+    assert abs(shift - ref["thin"]) < 0.15, (shift, ref)

@@ -342,8 +342,14 @@ function dropTarget(el, onFile, onFiles = null) {
   });
 }
 
-async function toggleRecord() {
-  const btn = $("#record-btn");
+// The microphone as it is: the browser's speech processing (noise suppression, echo cancellation, automatic gain)
+// removes or reshapes the very sounds a classifier listens for, and Record, the Adapt card's Record and Listen
+// must all hear the same chain for an adapted model to fit what Listen later streams.
+const RAW_MIC = { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false };
+
+// One microphone recording at a time (`state.recorder`), from the Classify view's Record button or the Adapt
+// card's: `btn` shows its state in `labelSel`, and the finished recording goes to `onFile` as a File.
+async function toggleRecording(btn, labelSel, onFile) {
   if (state.recorder) { state.recorder.stop(); return; }
   if (!navigator.mediaDevices || !window.MediaRecorder) {
     showError({ type: "RecordingError", message: "this browser cannot record audio here (needs https or localhost)" });
@@ -351,7 +357,7 @@ async function toggleRecord() {
   }
   let stream;
   try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    stream = await navigator.mediaDevices.getUserMedia({ audio: RAW_MIC });
   } catch (e) {
     showError({ type: "RecordingError", message: "microphone not available: " + e.message });
     return;
@@ -361,8 +367,9 @@ async function toggleRecord() {
   const rec = new MediaRecorder(stream, mimeType ? { mimeType } : {});
   const chunks = [];
   const started = Date.now();
+  const idle = $(labelSel).textContent;
   const timer = setInterval(() => {
-    $("#record-label").textContent = `Stop · ${((Date.now() - started) / 1000).toFixed(0)} s`;
+    $(labelSel).textContent = `Stop · ${((Date.now() - started) / 1000).toFixed(0)} s`;
   }, 250);
   rec.ondataavailable = (e) => e.data.size && chunks.push(e.data);
   rec.onstop = () => {
@@ -370,15 +377,20 @@ async function toggleRecord() {
     stream.getTracks().forEach((t) => t.stop());
     state.recorder = null;
     btn.classList.remove("recording");
-    $("#record-label").textContent = "Record";
+    $(labelSel).textContent = idle;
     const type = rec.mimeType || mimeType || "audio/webm";
     const ext = type.includes("ogg") ? "ogg" : type.includes("mp4") ? "m4a" : "webm";
-    classify(new File([new Blob(chunks, { type })], `recording.${ext}`, { type }));
+    onFile(new Blob(chunks, { type }), ext);
   };
   state.recorder = rec;
   btn.classList.add("recording");
-  $("#record-label").textContent = "Stop";
+  $(labelSel).textContent = "Stop";
   rec.start(250);
+}
+
+function toggleRecord() {
+  toggleRecording($("#record-btn"), "#record-label",
+    (blob, ext) => classify(new File([blob], `recording.${ext}`, { type: blob.type })));
 }
 
 // ------------------------------------------------------------------ training
@@ -416,12 +428,25 @@ async function submitTraining(ev) {
 // ------------------------------------------------------------------ adapting a model to a new domain
 let adaptFiles = [];
 
+// Files picked, dropped and recorded add up, until Clear.
 function setAdaptFiles(files) {
   adaptFiles = [...files];
   const mb = adaptFiles.reduce((n, f) => n + f.size, 0) / 1048576;
   $("#adapt-file-label").textContent = adaptFiles.length
     ? `${adaptFiles.length} recording${adaptFiles.length > 1 ? "s" : ""} · ${mb.toFixed(1)} MB`
     : "Drop recordings of the new voice or microphone";
+  $("#adapt-clear").hidden = !adaptFiles.length;
+}
+
+function addAdaptFiles(files) {
+  setAdaptFiles([...adaptFiles, ...files]);
+}
+
+function toggleAdaptRecord() {
+  toggleRecording($("#adapt-record"), "#adapt-record-label", (blob, ext) => {
+    const n = adaptFiles.filter((f) => f.name.startsWith("voice-")).length + 1;
+    addAdaptFiles([new File([blob], `voice-${n}.${ext}`, { type: blob.type })]);
+  });
 }
 
 async function submitAdapt(ev) {
@@ -540,8 +565,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#train-file").onchange = (e) => setTrainFile(e.target.files[0] || null);
   dropTarget($("#train-drop"), setTrainFile);
   $("#train-form").onsubmit = submitTraining;
-  $("#adapt-files").onchange = (e) => setAdaptFiles(e.target.files);
-  dropTarget($("#adapt-drop"), null, setAdaptFiles);
+  $("#adapt-files").onchange = (e) => { addAdaptFiles(e.target.files); e.target.value = ""; };
+  dropTarget($("#adapt-drop"), null, addAdaptFiles);
+  $("#adapt-record").onclick = toggleAdaptRecord;
+  $("#adapt-clear").onclick = () => setAdaptFiles([]);
   $("#adapt-form").onsubmit = submitAdapt;
   requestAnimationFrame(tick);
   boot();

@@ -1,5 +1,5 @@
 // earshot page, live part: /v1/stream (Listen, long files). Loaded after app.js, whose helpers it uses
-// ($, api, state, showError, fmtTime, laneRow...); app.js calls toggleListen, streamFile and loadLimits.
+// ($, api, state, showError, fmtTime, laneRow, RAW_MIC...); app.js calls toggleListen, streamFile and loadLimits.
 // Listen: microphone → AudioWorklet (static/listen-worklet.js: mono, s16le, 0.1 s blocks at the context's rate)
 // → binary WebSocket frames. Long files (over the upload cap): WAV PCM read in slices as it is; any other file's
 // bytes sent as they are (`format=file`) when the server decodes containers (`decodes_containers` in /healthz),
@@ -371,9 +371,7 @@ async function toggleListen() {
   $("#listen-btn").classList.add("recording");
   $("#listen-label").textContent = "Stop";
   try {
-    s.stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
-    });
+    s.stream = await navigator.mediaDevices.getUserMedia({ audio: RAW_MIC });
   } catch (e) {
     const refused = e && (e.name === "NotAllowedError" || e.name === "SecurityError");
     s.error = {
