@@ -417,7 +417,7 @@ def test_adapt_to_a_voice_recorded_in_the_page(voice_browser, digits_bundle, tmp
     card = json.loads((root / "models" / "digits-voice" / "card.json").read_text())
     a = card["adaptation"]
     assert a["files"] == 2 and a["skipped"] == []
-    assert 4.0 <= a["seconds"] <= 9.0, a["seconds"]  # about 3 s and 2 s of the microphone
+    assert 3.0 <= a["seconds"] <= 9.0, a["seconds"]  # stopped at "3 s" and "2 s" on the button: at least 2.5 + 1.5
     # the first layer (the log-mel's level and spread) moved as the microphone's takes as files move it, not as
     # the same takes recorded plainly do: the recording carried the microphone's chain
     takes = sorted((tmp_path / "takes").glob("*.wav"))
