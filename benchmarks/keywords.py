@@ -33,7 +33,12 @@ speaker): strength 1 nicolas 0.922, jackson 0.942, george 0.928, lucas 0.974, th
 0.930 unadapted); strength 0.5 0.922 / 0.922 / 0.934 / 0.968 / 0.970 (mean 0.943). Not kept, with adaptation
 (nicolas; 0.900, adapted 0.922 for the defaults): batches of one voice at a time, 0.868 / adapted 0.902 (each real
 speaker and each synthesiser alone) and 0.816 / 0.854 (each synthetic voice alone); the input normalised per mel
-band, 0.884 / 0.866.
+band, 0.884 / 0.866. Also not kept (test protocol, nicolas; jackson where given): a 20 Hz-4 kHz front-end 0.874;
+contrast scaling x0.71-1.4, 0.878 / 0.902; no mixup 0.886; synthesiser shares 0.3/0.35/0.35 and 0.8/0.1/0.1
+(espeak-ng/flite/festival) 0.860 and 0.846; test-time shifts 0.900.
+
+``--levers words``: keyword models from their words alone (no recordings; `words_only`), scored on every FSDD
+speaker and on the Speech Commands sample's validation-list commands.
 
 Earlier figures, --protocol val (CNN, 30 epochs max, seed 0, 2 shared cores). FSDD held-out speaker nicolas (--model
 cnn, scored in torch): default 0.824; --input-norm utterance 0.836; --synthesize with every take in every epoch (500
@@ -144,11 +149,78 @@ def adapted(bundle: Path, speaker: str, strength: float = 1.0) -> dict:
     return row
 
 
+DIGITS = "0=zero,1=one,2=two,3=three,4=four,5=five,6=six,7=seven,8=eight,9=nine"
+COMMANDS = "yes,no,up,down,left,right,on,off,stop,go"
+
+
+def top_label(clf, path: Path) -> str:
+    return clf.labels[int(np.argmax(clf.clip_scores(clf.decode(path))))]
+
+
+def top_keyword(clf, path: Path) -> str:
+    """The best-scoring label that is not a background label: the forced choice among the keywords."""
+    keys = [i for i, lab in enumerate(clf.labels) if lab not in set(clf.bundle.card.get("background_labels") or ())]
+    scores = clf.clip_scores(clf.decode(path))
+    return clf.labels[keys[int(np.argmax(scores[keys]))]]
+
+
+def words_only(out: Path, only: set[str], common: dict) -> list[dict]:
+    """Keyword models from their words alone (``earshot train --words ... --out``, no recordings): scored on every
+    FSDD speaker (2500 clips; every one a voice never heard) and on the Speech Commands sample's validation-list
+    clips of the ten commands; other words of that list that the synthetic voices never said as `_unknown_`
+    (not in `keywords.FILLER_WORDS`) give the share answered "no keyword"."""
+    from earshot.bundle import read_bundle
+    from earshot.classifier import Classifier
+    from earshot.training import train
+    from earshot.training.keywords import FILLER_WORDS
+
+    rows = []
+    opts = {k: v for k, v in common.items() if k != "model"}
+    if "fsdd" in only:
+        t0, c0 = time.time(), _cpu()
+        bundle = train(None, out / "words_digits", words=DIGITS, quiet=True, **opts)
+        wall, cpu = time.time() - t0, _cpu() - c0
+        clf = Classifier(read_bundle(bundle))
+        per, forced = {}, {}
+        for spk in SPEAKERS:
+            files = sorted((DATA / "fsdd" / "recordings").glob(f"*_{spk}_*.wav"))
+            per[spk] = round(sum(top_label(clf, f) == f.name.split("_")[0] for f in files) / len(files), 4)
+            forced[spk] = round(sum(top_keyword(clf, f) == f.name.split("_")[0] for f in files) / len(files), 4)
+        mean, mean_forced = (round(float(np.mean(list(d.values()))), 4) for d in (per, forced))
+        rows.append({"benchmark": "FSDD digits, words only (no recordings)", "per_speaker": per, "mean": mean,
+                     "forced_choice_per_speaker": forced, "forced_choice_mean": mean_forced, "n": 2500,
+                     "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)})
+        print(f"{'FSDD digits, words only':44s} " + " / ".join(f"{k} {v:.3f}" for k, v in per.items())
+              + f"  mean {mean:.4f}; forced choice among the digits " + " / ".join(f"{v:.3f}" for v in forced.values())
+              + f"  mean {mean_forced:.4f}  {wall:6.1f} s wall  {cpu:6.1f} s cpu", flush=True)
+    if "sc" in only:
+        root = DATA / "speech_commands_v0.01_subset"
+        t0, c0 = time.time(), _cpu()
+        bundle = train(None, out / "words_commands", words=COMMANDS, quiet=True, **opts)
+        wall, cpu = time.time() - t0, _cpu() - c0
+        clf = Classifier(read_bundle(bundle))
+        listed = [root / line.strip() for line in (root / "validation_list.txt").read_text().split()]
+        listed = [p for p in listed if p.is_file()]
+        commands = set(COMMANDS.split(","))
+        kw = [p for p in listed if p.parent.name in commands]
+        others = [p for p in listed if p.parent.name not in commands and p.parent.name not in FILLER_WORDS]
+        acc = sum(top_label(clf, p) == p.parent.name for p in kw) / max(1, len(kw))
+        rejected = sum(top_label(clf, p) in ("_unknown_", "_silence_") for p in others) / max(1, len(others))
+        rows.append({"benchmark": "Speech Commands commands, words only (no recordings)", "accuracy": round(acc, 4),
+                     "n": len(kw), "other_words_rejected": round(rejected, 4), "n_other": len(others),
+                     "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)})
+        print(f"{'Speech Commands commands, words only':44s} acc {acc:.4f}  n {len(kw):4d}  other words answered "
+              f"_unknown_/_silence_ {rejected:.3f} (n {len(others)})  {wall:6.1f} s wall  {cpu:6.1f} s cpu",
+              flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="fsdd,sc")
     ap.add_argument("--speaker", default="all", help="held-out FSDD speakers: all or a comma list")
-    ap.add_argument("--levers", default="none,synth", help=f"comma list of {', '.join(LEVERS)}")
+    ap.add_argument("--levers", default="none,synth", help=f"comma list of {', '.join(LEVERS)}, or words (keyword "
+                    "models from their words alone, no recordings)")
     ap.add_argument("--model", default="auto")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--seed", type=int, default=0)
@@ -179,6 +251,9 @@ def main(argv=None) -> int:
     rows = []
     try:
         for lever in args.levers.split(","):
+            if lever == "words":
+                rows += words_only(out, only, common)
+                continue
             opts = {**common, **LEVERS[lever]}
             held_out = args.protocol == "test"
             if "fsdd" in only:

@@ -266,3 +266,77 @@ def test_synthetic_voices_are_on_by_default_for_keyword_data(speech_commands_sma
     plain = load_manifest(folders)
     assert additions.add(plain, per_label=2).synthetic is None and additions.add(
         plain, per_label=2).keywords is None
+
+
+@pytest.mark.slow
+def test_keyword_model_from_its_words_alone_hears_real_voices(tmp_path):
+    """`train(None, words=...)`: no recordings at all. The keywords come from synthetic voices, everyday words said
+    by them are `_unknown_`, `_silence_` is generated; validation holds out whole synthetic voices. The bundle then
+    names real speakers' digits (FSDD, every take a voice and a microphone it never heard) far above chance."""
+    need_engine("espeak-ng")
+    pytest.importorskip("torch")
+    from earshot.classifier import Classifier
+    from earshot.training import train
+
+    bundle = train(None, tmp_path / "kws", words="one,three,seven,nine", synth_per_label=60, epochs=8, seed=0,
+                   quiet=True)
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["labels"] == ["_silence_", "_unknown_", "nine", "one", "seven", "three"]
+    assert card["background_labels"] == ["_silence_", "_unknown_"]
+    assert card["training"]["family"] == "cnn" and card["data"]["layout"] == "words"
+    synthetic = card["data"]["synthetic"]
+    assert synthetic["per_label"] == {w: 60 for w in ("nine", "one", "seven", "three")}
+    fillers = keywords.filler_words({w: w for w in ("one", "three", "seven", "nine")})
+    said = synthetic["unknown"]["words"]  # 60 takes of everyday words, as many as a keyword's: 60 words once each
+    assert len(said) == 60 and set(said) <= set(fillers) and synthetic["unknown"]["n"] == 60
+    groups = card["data"]["split_groups"]
+    held = {g for g in groups["validation"] if g.startswith("synthetic:")}
+    assert held and not held & set(groups["train"])  # whole voices validate
+    clf = Classifier.load(bundle)
+    names = {1: "one", 3: "three", 7: "seven", 9: "nine"}
+    takes = [(fsdd_take(spk, d, i), w) for spk in ("george", "jackson", "lucas", "nicolas", "theo")
+             for d, w in names.items() for i in range(5)]
+    hits = sum(clf.labels[int(np.argmax(clf.clip_scores(clf.decode(p))))] == w for p, w in takes)
+    assert hits / len(takes) > 0.45, hits  # chance among 6 labels: 1/6; a fully trained model: about 0.85
+
+
+def test_train_without_data_needs_words(tmp_path):
+    """No data and no --words is a clear usage error; --words without data cannot also refuse synthetic voices."""
+    bare = subprocess.run([sys.executable, "-m", "earshot.cli", "train", "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True)
+    assert bare.returncode == 2 and "--words" in bare.stderr
+    from earshot.errors import DataError
+    from earshot.training import additions
+
+    with pytest.raises(DataError, match="no-synthesize"):
+        additions.add(keywords.words_manifest(), words="yes,no", synthesize=False)
+    with pytest.raises(DataError, match="no data"):
+        additions.add(keywords.words_manifest())
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_cli_trains_a_keyword_model_from_words_and_streams_with_it(tmp_path):
+    """`earshot train --words one,three --out M` with no data set, then `earshot stream` with that bundle: the
+    command line runs end to end, and the stream reports only the words it was trained on."""
+    need_engine("espeak-ng")
+    pytest.importorskip("torch")
+    out = tmp_path / "kws"
+    run = subprocess.run([sys.executable, "-m", "earshot.cli", "train", "--words", "one,three", "--out", str(out),
+                          "--synth-per-label", "16", "--epochs", "2", "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out) and (out / "model.onnx").is_file()
+    card = json.loads((out / "card.json").read_text())
+    assert card["data"]["synthetic"]["per_label"] == {"one": 16, "three": 16}
+    assert card["description"].endswith("trained on synthetic voices alone (no recordings)")
+    y, sr = sf.read(fsdd_take("lucas", 3, 0), dtype="float32")
+    pcm = np.concatenate([np.zeros(sr, np.float32), y, np.zeros(sr, np.float32)])
+    pcm16 = (pcm * 32767).astype(np.int16)
+    stream = subprocess.run([sys.executable, "-m", "earshot.cli", "stream", "-", "--model", str(out), "--rate",
+                             str(sr), "--raw-format", "s16le", "--channels", "1"], input=pcm16.tobytes(),
+                            capture_output=True)
+    assert stream.returncode == 0, stream.stderr.decode()
+    records = [json.loads(line) for line in stream.stdout.decode().splitlines()]
+    assert records[-1]["type"] == "summary"
+    labels = {r["label"] for r in records if r["type"] in ("event_start", "event")}
+    assert labels <= {"one", "three"}, labels

@@ -461,6 +461,34 @@ def test_train_job_end_to_end(tmp_path):
         assert not (tmp_path / "state" / "jobs" / job["id"] / "data").exists()  # upload cleaned up
 
 
+@pytest.mark.slow
+def test_train_job_from_keywords_alone(tmp_path):
+    """`POST /v1/train` with a JSON body of `words` and no `path`: a keyword model from synthetic voices alone,
+    trained as a job, served at once; its card says so and a real speaker's word is classified by it."""
+    from earshot.training import synthesis
+
+    if not synthesis.available_engines():
+        pytest.fail("needs a speech synthesiser (.ci/run installs espeak-ng, flite and festival)")
+    with running_server(tmp_path) as base, httpx.Client(base_url=base, timeout=60) as c:
+        bad = c.post("/v1/train", json={"words": "one,three", "synth_per_label": 0})
+        assert bad.status_code == 422 and "synth_per_label" in bad.json()["error"]["message"]
+        assert c.post("/v1/train", json={"name": "kw"}).status_code == 400  # neither path nor words
+        r = c.post("/v1/train", json={"words": "one,three", "synth_per_label": 12, "epochs": 2})
+        assert r.status_code == 202, r.text
+        assert r.json()["name"] == "keywords" and r.json()["data_source"] == "words"
+        job = wait_job(c, r.json()["id"], timeout=300)
+        assert job["status"] == "succeeded", job
+        card = c.get("/v1/models/keywords").json()
+        assert card["labels"] == ["_silence_", "_unknown_", "one", "three"]
+        assert card["background_labels"] == ["_silence_", "_unknown_"]
+        assert card["data"]["layout"] == "words" and card["data"]["synthetic"]["per_label"] == {"one": 12, "three": 12}
+        unknown = card["data"]["synthetic"]["unknown"]  # as many everyday words as a keyword's takes, once each
+        assert len(unknown["words"]) == 12 and unknown["n"] == 12
+        take = DATA / "fsdd" / "recordings" / "3_theo_0.wav"
+        r = c.post("/v1/predict", params={"model": "keywords"}, files={"file": (take.name, take.read_bytes())})
+        assert r.status_code == 200 and r.json()["labels"][0] in card["labels"], r.text
+
+
 def test_settings_from_env():
     s = Settings.from_env(
         {

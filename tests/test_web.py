@@ -164,6 +164,38 @@ def test_training_view_end_to_end(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "web_trained.png"), full_page=True)
 
 
+def test_training_view_keywords_without_recordings(page):
+    """Train view with keywords and no archive: the page asks for a keyword model from synthetic voices alone (a
+    JSON body), follows the job to success and classifies a real speaker's word with it. (The test trims the
+    synthetic takes per word in the page's request, to keep the run short.)"""
+    import json
+
+    sent = []
+
+    def fewer_takes(route):
+        body = json.loads(route.request.post_data or "{}")
+        sent.append((route.request.headers.get("content-type"), body))
+        route.continue_(post_data=json.dumps({**body, "synth_per_label": 12}))
+
+    page.route("**/v1/train", fewer_takes)
+    page.click("#tab-train")
+    page.click("#train-submit")  # neither archive nor keywords: told what to give
+    page.wait_for_selector("#error:not([hidden])")
+    assert "keywords" in page.locator("#error").inner_text()
+    page.fill("#train-words", "one,three")
+    page.fill("#train-name", "web-words")
+    page.fill("#train-epochs", "2")
+    page.click("#train-submit")
+    page.wait_for_selector("#job-status.succeeded, #job-status.failed", timeout=300_000)
+    assert page.locator("#job-status").inner_text().lower() == "succeeded", page.locator("#job-error").inner_text()
+    assert sent == [("application/json", {"name": "web-words", "epochs": "2", "words": "one,three"})], sent
+    page.click("#job-use")
+    page.wait_for_function("document.querySelector('#model-select').value === 'web-words'")
+    page.set_input_files("#file-input", str(fsdd_take("theo", 3, 0)))
+    page.wait_for_function("['_silence_', '_unknown_', 'one', 'three']"
+                           ".includes(document.querySelector('#chart .bar-label')?.textContent)")
+
+
 # ------------------------------------------------------------------ live: Listen (microphone) and streamed files
 DOG_LABELS = {"Dog", "Animal", "Domestic animals, pets", "Bark", "Bow-wow"}
 

@@ -14,8 +14,10 @@ from earshot.errors import EarshotError
 
 @app.command(rich_help_panel="Train")
 def train(
-    data: Annotated[str, typer.Argument(help="Folder per class, CSV, ESC-50/UrbanSound8K/Speech Commands layout...")],
     out: Annotated[str, typer.Option("--out", "-o", help="Bundle directory (or s3:// prefix) to write.")],
+    data: Annotated[str | None, typer.Argument(help="Folder per class, CSV, ESC-50/UrbanSound8K/Speech Commands "
+                                               "layout... Left out with --words: a keyword model from synthetic "
+                                               "voices alone.")] = None,
     model: Annotated[str, typer.Option(help="auto, transfer or cnn.")] = "auto",
     backbone: Annotated[str, typer.Option(help="Pretrained backbone for transfer.")] = "mn04-as",
     val_fold: Annotated[str | None, typer.Option(help="Official fold used for validation.")] = None,
@@ -37,6 +39,8 @@ def train(
                                                          "installed).")] = None,
     words: Annotated[str | None, typer.Option(help="Keywords, optionally with what to say: 'yes,no,sheila=shayla'; "
                                               "other labels become _unknown_.")] = None,
+    synth_per_label: Annotated[int | None, typer.Option(min=1, help="Synthetic takes of each word (default: 5000 "
+                                                        "in all, 100-500 a word).")] = None,
     background: Annotated[bool | None, typer.Option("--background/--no-background",
                                                     help="Add a _silence_ class (default: on for Speech Commands "
                                                          "layouts and with --words).")] = None,
@@ -55,6 +59,12 @@ def train(
     """Train a classifier and export it as a bundle (needs the `train` extra: pip install "earshot\\[train]")."""
     from earshot.training import train as run_train
 
+    if data is None and not words:
+        err("give a data set to train on, or --words to train a keyword model from synthetic voices alone")
+        raise typer.Exit(2)
+    if data is None and devices > 1:
+        err("--devices trains on a data set; a keyword model from --words alone trains in one process")
+        raise typer.Exit(2)
     if devices > 1:
         from functools import partial
 
@@ -67,6 +77,7 @@ def train(
                          test_fold=test_fold, cv=cv, filters=tuple(filter_ or ()), label_regex=label_regex,
                          group_regex=group_regex, epochs=epochs, seed=seed, finetune=finetune, quiet=quiet,
                          synthesize=synthesize, words=words, background=background, input_norm=input_norm,
+                         synth_per_label=synth_per_label,
                          **{k: v for k, v in (("pooling", pooling), ("window", window), ("hop", hop),
                                               ("endpoint_url", endpoint_url)) if v is not None})
     except EarshotError as e:

@@ -216,7 +216,8 @@ class JobRunner:
         staging = self.models_dir / ".staging" / job_id / name
         shutil.rmtree(staging.parent, ignore_errors=True)
         staging.parent.mkdir(parents=True, exist_ok=True)
-        spec = {"data": job["data"], "out": str(staging), "options": job["options"], "name": name}
+        data = None if job["data_source"] == "words" else job["data"]  # a keyword model from its words alone
+        spec = {"data": data, "out": str(staging), "options": job["options"], "name": name}
         (work / "spec.json").write_text(json.dumps(spec))
         result_path = work / "result.json"
         result_path.unlink(missing_ok=True)

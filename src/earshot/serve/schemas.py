@@ -159,7 +159,7 @@ class Job(BaseModel):
     error: ErrorInfo | None
     timings: JobTimings
     options: dict[str, Any]
-    data_source: Literal["upload", "path"]
+    data_source: Literal["upload", "path", "words"]
     url: str
 
 

@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from earshot.errors import DataError
 from earshot.training import keywords, synthesis
 from earshot.training.manifest import Manifest
 from earshot.training.splits import cv_folds, split
+
+WORDS_VAL_SPLIT = 0.1  # no recordings: the share of the synthetic items (whole voices) that validates
 
 
 @dataclass
@@ -51,12 +54,21 @@ def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | 
         if keyword_data and not synthesize and log is not None:
             log("keyword data but no speech synthesiser installed: training without synthetic voices (apt-get "
                 "install espeak-ng flite festival festvox-kallpc16k)", stage="synthesize")
+    words_only = manifest.layout == keywords.WORDS_LAYOUT
+    if words_only and not out.words:
+        raise DataError("no data: give a data set, or --words to train a keyword model from synthetic voices alone",
+                        reason="no_data")
+    if words_only and synthesize is False:
+        raise DataError("--words without data trains on synthetic voices alone: leave out --no-synthesize",
+                        reason="bad_option")
     per_label = per_label or synthesis.default_per_label(list(out.words or manifest.labels), out.words)
     if out.words or background:
         real = manifest.class_counts()
         silence = None
         if synthesize and real:
             silence = max(keywords.MIN_SILENCE, int(np.median(list(real.values()))) + per_label // 2)
+        elif words_only:
+            silence = max(keywords.MIN_SILENCE, per_label // 2)
         out.keywords = keywords.prepare(manifest, words=out.words, background=background, silence_count=silence,
                                         seed=seed)
         if log is not None:
@@ -69,11 +81,17 @@ def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | 
             log("keyword spotting: " + "; ".join(parts), stage="keywords", **{"background_labels":
                                                                               k["background_labels"]})
     if synthesize:
-        items, out.synthetic = synthesis.synthesize(manifest.labels, words=out.words, per_label=per_label,
-                                                    seed=seed, log=log)
+        labels = sorted(set(manifest.labels) | set(out.words or ()))
+        items, out.synthetic = synthesis.synthesize(labels, words=out.words, per_label=per_label, seed=seed, log=log)
         others = sorted(((out.keywords or {}).get("unknown") or {}).get("words") or {})
+        share = per_label
+        if words_only and out.words:  # no recordings of other words: the voices say everyday words instead
+            others = keywords.filler_words(out.words)
+            share = int(keywords.WORDS_UNKNOWN_SHARE * per_label)
+            if share < len(others):  # fewer takes than words: a different word each
+                others = sorted(np.random.default_rng(seed).permutation(others)[:share].tolist())
         if others:  # the other words said by the synthetic voices too, as _unknown_
-            extra, summary = synthesis.synthesize(others, per_label=max(1, per_label // len(others)), seed=seed,
+            extra, summary = synthesis.synthesize(others, per_label=max(1, share // len(others)), seed=seed,
                                                   log=log)
             for it in extra:
                 it.extra["word"], it.label = it.label, keywords.UNKNOWN
@@ -103,7 +121,14 @@ def real_part(manifest: Manifest) -> tuple[Manifest, np.ndarray]:
 
 
 def split_real(manifest: Manifest, **options: Any) -> tuple[np.ndarray, np.ndarray]:
-    """`splits.split` of the real items, every synthetic item added to the train side."""
+    """`splits.split` of the real items, every synthetic item added to the train side. With no recordings
+    (`keywords.words_manifest`) the synthetic items are the data: whole voices are held out for validation
+    (`WORDS_VAL_SPLIT` of the items unless `val_split` says otherwise), so that the epoch is chosen on voices
+    the model has not heard."""
+    if manifest.layout == keywords.WORDS_LAYOUT:
+        if options.get("val_fold") is not None:
+            raise DataError("--words without data has no folds: use --val-split", reason="bad_split")
+        return split(manifest, val_split=options.get("val_split") or WORDS_VAL_SPLIT, seed=options.get("seed", 0))
     real, synth = real_part(manifest)
     tr, va = split(real, **options)
     return np.concatenate([tr, synth]).astype(np.int64), va
@@ -111,6 +136,9 @@ def split_real(manifest: Manifest, **options: Any) -> tuple[np.ndarray, np.ndarr
 
 def cv_real(manifest: Manifest, **options: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """`splits.cv_folds` of the real items, every synthetic item added to each train side."""
+    if manifest.layout == keywords.WORDS_LAYOUT:
+        raise DataError("--cv needs recordings: --words without data trains on synthetic voices alone",
+                        reason="bad_option")
     real, synth = real_part(manifest)
     return [(np.concatenate([tr, synth]).astype(np.int64), va) for tr, va in cv_folds(real, **options)]
 

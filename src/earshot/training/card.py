@@ -16,6 +16,7 @@ from earshot.classifier import Classifier
 from earshot.training.additions import added_summary, keyword_fields
 from earshot.training.evaluation import metrics_for, plot_confusion, score_items
 from earshot.training.export import export_bundle
+from earshot.training.keywords import WORDS_LAYOUT
 from earshot.training.loop import Log, training_device
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
         data_summary["split_groups"] = {k: v[:500] for k, v in groups.items()}
     card = {
         "name": name or out.name,
-        "description": f"{len(labels)}-class classifier ({chosen.family}) trained on {manifest.layout} data",
+        "description": f"{len(labels)}-class classifier ({chosen.family}) trained on "
+                       + ("synthetic voices alone (no recordings)" if manifest.layout == WORDS_LAYOUT
+                          else f"{manifest.layout} data"),
         "labels": labels,
         "label_ids": None,
         "sample_rate": chosen.sample_rate,

@@ -25,6 +25,7 @@ from earshot.models.cnn import CNN_FRONTEND, CompactCNN
 from earshot.models.tagger import WaveformTagger
 from earshot.training import distributed
 from earshot.training.augment import MelAugment, cut_edges
+from earshot.training.keywords import WORDS_LAYOUT
 from earshot.training.loop import BestEpoch, Log, Trained, seed_all, skip_unreadable, training_device, unreadable_reason
 from earshot.training.manifest import Manifest
 
@@ -32,6 +33,9 @@ SAMPLE_RATE = CNN_FRONTEND["sample_rate"]
 NORMS = ("none", "utterance")
 SYNTH_PER_REAL = 1.0  # synthetic takes drawn per epoch: this many times the real training clips,
 SYNTH_MIN_PER_EPOCH = 2000  # but at least this many (few real clips: the synthetic voices carry the training)
+# No recordings (a keyword model from its words alone): the band of the audio to come is unknown, so every other
+# synthetic take is passed through this sampling rate's band (telephony, FSDD) and the others keep the full band.
+NARROW_BAND_RATE = 8000
 
 
 class UtteranceNorm(nn.Module):
@@ -63,15 +67,20 @@ def decode_items(manifest: Manifest, indices: Iterable[int], sample_rate: int, b
     """Decoded mono clips {index: waveform} at `sample_rate`, and [(index, reason)] of unreadable ones.
 
     Synthetic takes are passed through `band_rate` when it is lower (decoded at it, then brought to
-    `sample_rate`): the band the real recordings have, so that no cue above it exists only in synthetic speech."""
+    `sample_rate`): the band the real recordings have, so that no cue above it exists only in synthetic speech.
+    With no recordings at all (`WORDS_LAYOUT`), every other take goes through `NARROW_BAND_RATE`'s band instead."""
     band = band_rate if band_rate is not None and band_rate < sample_rate else None
+    unknown_band = manifest.layout == WORDS_LAYOUT and band is None  # no recordings to take the band from
     waves, bad = {}, []
     for i in indices:
         it = manifest.items[int(i)]
+        limit = band
+        if unknown_band and int(i) % 2 and "synthetic" in it.extra:  # every other take, telephone-narrow
+            limit = NARROW_BAND_RATE
         try:
-            if band is not None and "synthetic" in it.extra:
-                y = audio.decode(it.source, band, name=str(it.path))
-                waves[int(i)] = soxr.resample(y, band, sample_rate).astype(np.float32, copy=False)
+            if limit is not None and "synthetic" in it.extra:
+                y = audio.decode(it.source, limit, name=str(it.path))
+                waves[int(i)] = soxr.resample(y, limit, sample_rate).astype(np.float32, copy=False)
             else:
                 waves[int(i)] = audio.decode(it.source, sample_rate, name=str(it.path))
         except AudioError as e:
@@ -224,6 +233,8 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
     real_pos, synth_pos = torch.nonzero(~synthetic).flatten(), torch.nonzero(synthetic).flatten()
     # synthetic takes drawn afresh each epoch, SYNTH_PER_REAL x the real clips (at least SYNTH_MIN_PER_EPOCH)
     n_synth = min(len(synth_pos), max(SYNTH_MIN_PER_EPOCH, int(SYNTH_PER_REAL * len(real_pos))))
+    if manifest.layout == WORDS_LAYOUT:  # no recordings: the synthetic takes are the data, all of them each epoch
+        n_synth = len(synth_pos)
     per_epoch = len(real_pos) + n_synth
     steps = n_epochs * math.ceil(per_epoch / bs)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-2)

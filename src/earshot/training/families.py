@@ -36,7 +36,7 @@ import torch
 
 from earshot import audio, clips
 from earshot.errors import AudioError, DataError
-from earshot.training import additions
+from earshot.training import additions, keywords
 from earshot.training.card import write_bundle
 from earshot.training.cnn import NORMS, Waves, train_cnn
 from earshot.training.evaluation import metrics_for
@@ -69,7 +69,7 @@ class Fit:
 
 
 def fit(
-    data: str | Path,
+    data: str | Path | None,
     *,
     model: str = "auto",
     backbone: str = "mn04-as",
@@ -104,13 +104,23 @@ def fit(
                                                         "background": background, "per_label": synth_per_label})
 
 
-def _fit(data: str | Path, *, model: str, backbone: str, val_fold: str | int | None, val_split: float | None,
+def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | int | None, val_split: float | None,
          test_fold: str | int | None, cv: int | None, filters: Sequence[str], label_regex: str | None,
          group_regex: str | None, epochs: int | None, seed: int, finetune: bool, input_norm: str, log: Log,
          adding: dict[str, Any]) -> Fit:
-    manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters)
-    log(f"{manifest.layout} layout: {len(manifest)} clips, {len(manifest.labels)} classes"
-        + (f", {len(manifest.skipped)} skipped" if manifest.skipped else ""), stage="manifest")
+    if data is None:  # a keyword model from its words alone
+        if test_fold is not None:
+            raise DataError("--test-fold needs recordings; score the bundle on real ones with earshot evaluate",
+                            reason="bad_option")
+        manifest = keywords.words_manifest()
+        if model == "auto":  # frozen AudioSet features do not carry words across voices
+            model = "cnn"
+        log("no recordings: the keywords from synthetic voices alone; validation holds out whole voices, so its "
+            "figures are for synthetic speech (score real recordings with earshot evaluate)", stage="manifest")
+    else:
+        manifest = load_manifest(data, label_regex=label_regex, group_regex=group_regex, filters=filters)
+        log(f"{manifest.layout} layout: {len(manifest)} clips, {len(manifest.labels)} classes"
+            + (f", {len(manifest.skipped)} skipped" if manifest.skipped else ""), stage="manifest")
     if test_fold is not None:
         hold_out(manifest, test_fold, val_fold)
     added = additions.add(manifest, seed=seed, log=log, **adding)
@@ -234,7 +244,7 @@ def candidate_metrics(trained: Trained, manifest: Manifest, va: np.ndarray) -> d
 
 
 def train(
-    data: str | Path,
+    data: str | Path | None,
     out: str | Path,
     *,
     quiet: bool = False,
@@ -260,10 +270,16 @@ def train(
     from earshot.training.multilabel import routes_here, train_multilabel
 
     endpoint_url = options.pop("endpoint_url", None)
-    if routes_here(data, options):
+    if data is None:  # a keyword model from `words` alone (synthetic voices)
+        if is_remote(out):
+            with local_output(out, endpoint_url) as target:
+                train(None, target, quiet=quiet, progress=progress, name=name or Path(str(out).rstrip("/")).name,
+                      **options)
+            return out  # type: ignore[return-value]
+    elif routes_here(data, options):
         return train_multilabel(data, out, quiet=quiet, progress=progress, name=name, endpoint_url=endpoint_url,
                                 **options)
-    if is_remote(data) or is_remote(out):
+    elif is_remote(data) or is_remote(out):
         with local_input(data, endpoint_url) as local, local_output(out, endpoint_url) as target:
             train(local, target, quiet=quiet, progress=progress, name=name or Path(str(out).rstrip("/")).name,
                   **options)

@@ -45,6 +45,8 @@ TRAIN_BODY = {
                     "val_fold": {"type": "integer"},
                     "test_fold": {"type": "string", "description": "fold held out of training, scored once "
                                   "into the card's metrics.test"},
+                    "words": {"type": "string", "description": "keywords ('yes,no,sheila=shayla'); other labels "
+                              "become _unknown_"},
                 },
             }
         },
@@ -53,6 +55,9 @@ TRAIN_BODY = {
                 "type": "object",
                 "properties": {
                     "path": {"type": "string", "description": "server-side data set under an allowed root"},
+                    "words": {"type": "string", "description": "keywords ('yes,no,sheila=shayla'); without "
+                              "`path`, a keyword model from synthetic voices alone"},
+                    "synth_per_label": {"type": "integer", "description": "synthetic takes of each word"},
                     "name": {"type": "string"},
                 },
             }
@@ -69,6 +74,8 @@ TRAIN_OPTIONS: dict[str, Callable[[str], Any]] = {
     "test_fold": str,
     "label_regex": str,
     "group_regex": str,
+    "words": str,
+    "synth_per_label": int,
 }
 
 router = APIRouter(tags=["train"], responses=schemas.error_responses(401))
@@ -80,7 +87,7 @@ router = APIRouter(tags=["train"], responses=schemas.error_responses(401))
     response_model=schemas.Job,
     openapi_extra={"requestBody": TRAIN_BODY},
     responses=schemas.error_responses(400, 403, 404, 409, 413, 415, 422),
-    summary="Start a training job from an uploaded zip/tar of class folders, or an allowed path",
+    summary="Start a training job from an uploaded zip/tar of class folders, an allowed path, or keywords alone",
 )
 async def train(
     request: Request,
@@ -96,8 +103,12 @@ async def train(
     try:
         source, filename = await _receive(request, work, fields)
         options = _train_options(fields)
+        if source == "path" and not fields.get("path") and options.get("words"):
+            source, filename = "words", "keywords"  # no recordings: synthetic voices say the keywords
         job_name = _job_name(fields.get("name"), filename, job_id, store.names() | runner.reserved_names())
-        if source == "path":
+        if source == "words":
+            data_root = ""
+        elif source == "path":
             data_root = _allowed_path(fields.get("path"), settings.train_roots)
         else:
             data_root = await _unpack(work, settings)
@@ -197,6 +208,8 @@ def _train_options(fields: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(422, "RequestError", "invalid_request", "model: expected auto, transfer or cnn")
     if "epochs" in options and not 1 <= options["epochs"] <= 1000:
         raise ApiError(422, "RequestError", "invalid_request", "epochs: expected 1..1000")
+    if "synth_per_label" in options and not 1 <= options["synth_per_label"] <= 2000:
+        raise ApiError(422, "RequestError", "invalid_request", "synth_per_label: expected 1..2000")
     return options
 
 
@@ -220,7 +233,8 @@ def _job_name(requested: str | None, filename: str, job_id: str, taken: set[str]
 
 def _allowed_path(raw: str | None, roots: list[Path]) -> Path:
     if not raw:
-        raise ApiError(400, "RequestError", "no_data", "send a zip/tar `file`, or a JSON body with `path`")
+        raise ApiError(400, "RequestError", "no_data", "send a zip/tar `file`, or a JSON body with `path` or "
+                       "`words`")
     if not roots:
         raise ApiError(403, "RequestError", "forbidden", "server-side paths are disabled (EARSHOT_TRAIN_ROOTS)")
     path = Path(raw).expanduser().resolve()

@@ -404,18 +404,31 @@ function setTrainFile(f) {
 async function submitTraining(ev) {
   ev.preventDefault();
   clearError();
-  if (!trainFile) { showError({ type: "DataError", message: "choose a zip of class folders first" }); return; }
-  const form = new FormData();
-  form.append("file", trainFile, trainFile.name);
+  const words = $("#train-words").value.trim();
+  if (!trainFile && !words) {
+    showError({ type: "DataError", message: "choose a zip of class folders, or name keywords to train from synthetic voices" });
+    return;
+  }
+  const fields = {};
   const name = $("#train-name").value.trim();
-  if (name) form.append("name", name);
-  if ($("#train-method").value) form.append("model", $("#train-method").value);
-  if ($("#train-epochs").value) form.append("epochs", $("#train-epochs").value);
+  if (name) fields.name = name;
+  if ($("#train-method").value) fields.model = $("#train-method").value;
+  if ($("#train-epochs").value) fields.epochs = $("#train-epochs").value;
+  if (words) fields.words = words;
+  let request;
+  if (trainFile) {  // the archive and the options as multipart fields
+    const form = new FormData();
+    form.append("file", trainFile, trainFile.name);
+    for (const [k, v] of Object.entries(fields)) form.append(k, v);
+    request = { method: "POST", body: form };
+  } else {  // keywords alone: synthetic voices say them
+    request = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(fields) };
+  }
   const btn = $("#train-submit");
   btn.disabled = true;
-  btn.textContent = "Uploading…";
+  btn.textContent = trainFile ? "Uploading…" : "Starting…";
   try {
-    const job = await api("/v1/train", { method: "POST", body: form });
+    const job = await api("/v1/train", request);
     followJob(job.id);
   } catch (e) {
     showError(e);
