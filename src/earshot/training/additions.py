@@ -44,7 +44,8 @@ def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | 
     append `per_label` synthetic takes of each label's word (default `synthesis.default_per_label`); None means
     yes for keyword data (a Speech Commands layout, or `words` given) when a speech synthesiser is installed, so
     that keyword models hold up on voices they never heard by default (on the Speech Commands sample's unseen
-    speakers: 0.909 with synthetic voices, 0.295 without)."""
+    speakers: 0.909 with synthetic voices, 0.295 without). On `keywords.words_manifest()` (no recordings) the
+    keywords come from the synthetic voices alone, with everyday words said by them as ``_unknown_``."""
     out = Additions(words=keywords.parse_words(words))
     keyword_data = manifest.layout == "speech_commands" or bool(out.words)
     if background is None:
@@ -83,13 +84,7 @@ def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | 
     if synthesize:
         labels = sorted(set(manifest.labels) | set(out.words or ()))
         items, out.synthetic = synthesis.synthesize(labels, words=out.words, per_label=per_label, seed=seed, log=log)
-        others = sorted(((out.keywords or {}).get("unknown") or {}).get("words") or {})
-        share = per_label
-        if words_only and out.words:  # no recordings of other words: the voices say everyday words instead
-            others = keywords.filler_words(out.words)
-            share = int(keywords.WORDS_UNKNOWN_SHARE * per_label)
-            if share < len(others):  # fewer takes than words: a different word each
-                others = sorted(np.random.default_rng(seed).permutation(others)[:share].tolist())
+        others, share = _unknown_words(out, words_only, per_label, seed)
         if others:  # the other words said by the synthetic voices too, as _unknown_
             extra, summary = synthesis.synthesize(others, per_label=max(1, share // len(others)), seed=seed,
                                                   log=log)
@@ -100,6 +95,19 @@ def add(manifest: Manifest, *, words: str | Sequence[str] | Mapping[str, str] | 
             out.synthetic["n"] += len(extra)
         manifest.items.extend(items)
     return out
+
+
+def _unknown_words(out: Additions, words_only: bool, per_label: int, seed: int) -> tuple[list[str], int]:
+    """The words the synthetic voices say as ``_unknown_`` and how many takes they get in all: the data's other
+    words (`per_label` takes); with no recordings, `keywords.filler_words` (`WORDS_UNKNOWN_SHARE` of a keyword's
+    takes, a random subset of the words, each said once, when the takes are fewer than the words)."""
+    if not (words_only and out.words):
+        return sorted(((out.keywords or {}).get("unknown") or {}).get("words") or {}), per_label
+    others = keywords.filler_words(out.words)
+    share = int(keywords.WORDS_UNKNOWN_SHARE * per_label)
+    if share < len(others):
+        others = sorted(np.random.default_rng(seed).permutation(others)[:share].tolist())
+    return others, share
 
 
 def is_synthetic(manifest: Manifest) -> np.ndarray:
