@@ -119,6 +119,17 @@ def run(name: str, out: Path, data, **options) -> dict:
     return row
 
 
+def top_label(clf, path: Path) -> str:
+    return clf.labels[int(np.argmax(clf.clip_scores(clf.decode(path))))]
+
+
+def top_keyword(clf, path: Path) -> str:
+    """The best-scoring label that is not a background label: the forced choice among the keywords."""
+    keys = [i for i, lab in enumerate(clf.labels) if lab not in set(clf.bundle.card.get("background_labels") or ())]
+    scores = clf.clip_scores(clf.decode(path))
+    return clf.labels[keys[int(np.argmax(scores[keys]))]]
+
+
 def adapted(bundle: Path, speaker: str, strength: float = 1.0) -> dict:
     """Cross-fitted adaptation to an unseen FSDD speaker: `earshot adapt` on the speaker's even takes (unlabelled),
     scored on the odd ones, and the other way round; one figure over all the speaker's clips, beside the unadapted
@@ -132,8 +143,7 @@ def adapted(bundle: Path, speaker: str, strength: float = 1.0) -> dict:
 
     def correct(path: Path, chosen: list[Path]) -> int:
         clf = Classifier(read_bundle(path))
-        return sum(clf.labels[int(np.argmax(clf.clip_scores(clf.decode(f))))] == f.name.split("_")[0]
-                   for f in chosen)
+        return sum(top_label(clf, f) == f.name.split("_")[0] for f in chosen)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
@@ -151,17 +161,6 @@ def adapted(bundle: Path, speaker: str, strength: float = 1.0) -> dict:
 
 DIGITS = "0=zero,1=one,2=two,3=three,4=four,5=five,6=six,7=seven,8=eight,9=nine"
 COMMANDS = "yes,no,up,down,left,right,on,off,stop,go"
-
-
-def top_label(clf, path: Path) -> str:
-    return clf.labels[int(np.argmax(clf.clip_scores(clf.decode(path))))]
-
-
-def top_keyword(clf, path: Path) -> str:
-    """The best-scoring label that is not a background label: the forced choice among the keywords."""
-    keys = [i for i, lab in enumerate(clf.labels) if lab not in set(clf.bundle.card.get("background_labels") or ())]
-    scores = clf.clip_scores(clf.decode(path))
-    return clf.labels[keys[int(np.argmax(scores[keys]))]]
 
 
 def words_only(out: Path, only: set[str], common: dict) -> list[dict]:

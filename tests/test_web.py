@@ -216,17 +216,22 @@ def open_page(browser, base, key: str | None = None):
     return ctx, pg
 
 
+def fake_microphone(playwright, wav: Path):
+    """Chromium whose microphone plays `wav` in a loop (permission granted); closed after use."""
+    fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}"]
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *fake])
+    yield b
+    b.close()
+
+
 @pytest.fixture
 def mic_browser(playwright, tmp_path):
     """Chromium whose microphone plays (in a loop) a WAV of dog barks: 1-30226-A-0 (a bark from 1.5 s to its end)
     then 1-110389-A-0 (barks from the start)."""
     wav = tmp_path / "mic.wav"
     sf.write(wav, dog_audio([2, 1]), 16000, subtype="PCM_16")
-    fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}"]
-    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *fake])
-    yield b
-    b.close()
+    yield from fake_microphone(playwright, wav)
 
 
 def test_listen_streams_microphone_live(mic_browser, site):
@@ -397,11 +402,7 @@ def voice_browser(playwright, tmp_path):
             parts += [y, np.zeros(int(0.3 * sr), np.float32)]
     wav = tmp_path / "voice.wav"
     sf.write(wav, np.concatenate(parts), sr, subtype="PCM_16")
-    fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}"]
-    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *fake])
-    yield b
-    b.close()
+    yield from fake_microphone(playwright, wav)
 
 
 def test_adapt_to_a_voice_recorded_in_the_page(voice_browser, digits_bundle, tmp_path):

@@ -33,10 +33,17 @@ import numpy as np
 import onnxruntime as ort
 
 from earshot import __version__
-from earshot.bundle import CARD_FILE, MODEL_FILE, RATE_GRAPHS, is_bundle, read_bundle, write_json_atomic
+from earshot.bundle import (
+    CARD_FILE,
+    MODEL_FILE,
+    RATE_GRAPHS,
+    is_bundle,
+    read_bundle,
+    staged_bundle,
+    write_json_atomic,
+)
 from earshot.classifier import Classifier, Source, source_title
 from earshot.errors import DataError, EarshotError, ModelError
-from earshot.permissions import dir_mode
 
 DEFAULT_MAX_SECONDS = 3600.0  # audio read for the statistics; more moves them little and costs a pass per layer
 BATCH_SAMPLES = 16000 * 16  # model inputs per call: about 16 s of audio at 16 kHz
@@ -125,11 +132,9 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
 
     name = name or Path(out_text.rstrip("/")).name or str(card["name"])
     new_card = {**card, "name": name, "metrics": None, "earshot_version": __version__}
-    staging_root = Path(tempfile.mkdtemp(prefix="earshot-adapt-")) if remote else Path(out_text).parent
-    staging_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=staging_root, prefix=f".{name}."))
-    try:
-        os.chmod(tmp, dir_mode())
+    # an s3:// bundle is written in a staging folder of its own, uploaded, and returned for the caller to delete
+    dest = Path(tempfile.mkdtemp(prefix="earshot-adapt-")) / name if remote else Path(out_text)
+    with staged_bundle(dest) as tmp:
         onnx.save(graph, str(tmp / MODEL_FILE))
         graphs, dropped = {}, []
         for rate, path in bundle.rate_graphs.items():
@@ -162,19 +167,15 @@ def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], ou
         }
         write_json_atomic(tmp / CARD_FILE, new_card)
         read_bundle(tmp)  # what was written opens as a bundle
-        if remote:
-            from earshot.pipeline.remote import upload_dir
+    if remote:
+        from earshot.pipeline.remote import upload_dir
 
-            upload_dir(tmp, out_text, endpoint_url)
-            return tmp
-        dest = Path(out_text)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-        return dest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            upload_dir(dest, out_text, endpoint_url)
+        except BaseException:
+            shutil.rmtree(dest.parent, ignore_errors=True)
+            raise
+    return dest
 
 
 def _onnx():

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from earshot.errors import ModelError
-from earshot.permissions import file_mode
+from earshot.permissions import dir_mode, file_mode
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -92,4 +95,21 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def staged_bundle(out: Path) -> Iterator[Path]:
+    """A staging folder beside `out` to write a bundle into; when the block ends without error it replaces `out`
+    (a rename, so readers see the old bundle or the new one, never a part), else it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        os.chmod(tmp, dir_mode())  # the bundle folder is shared like any other, not mkdtemp's 0700
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

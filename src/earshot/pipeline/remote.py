@@ -114,9 +114,13 @@ def upload_dir(folder: Path, url: str, endpoint_url: str | None = None) -> list[
 
 
 @contextlib.contextmanager
-def local_input(data: str | os.PathLike, endpoint_url: str | None = None) -> Iterator[Path]:
+def local_input(data: str | os.PathLike | None, endpoint_url: str | None = None) -> Iterator[Path | None]:
     """A local path for an input: itself when local; a cached download of an s3:// file; a temporary download
-    of an s3:// prefix (a data set folder), removed afterwards."""
+    of an s3:// prefix (a data set folder), removed afterwards; None for no input (a keyword model trained from
+    its words alone)."""
+    if data is None:
+        yield None
+        return
     text = str(data)
     if not is_remote(text):
         yield Path(text).expanduser()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,8 +13,7 @@ import numpy as np
 import torch
 
 from earshot import __version__
-from earshot.bundle import CARD_FILE, MODEL_FILE, RATE_GRAPHS, rate_graph_file, write_json_atomic
-from earshot.permissions import dir_mode
+from earshot.bundle import CARD_FILE, MODEL_FILE, RATE_GRAPHS, rate_graph_file, staged_bundle, write_json_atomic
 
 OUTPUTS = ["scores", "embedding", "logmel"]
 
@@ -39,10 +35,7 @@ def export_bundle(
     sr = int(card["sample_rate"])
     model = model.eval()
     card = {"earshot_version": __version__, **card}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        os.chmod(tmp, dir_mode())  # the bundle folder is shared like any other, not mkdtemp's 0700
+    with staged_bundle(out) as tmp:
         export_graph(model, tmp / MODEL_FILE, sr)
         card["onnx_check"] = check_onnx(model, tmp / MODEL_FILE, sr, check_seconds, tol)
         graphs = {}
@@ -57,12 +50,6 @@ def export_bundle(
         if graphs:
             card[RATE_GRAPHS] = graphs
         write_json_atomic(tmp / CARD_FILE, card)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -270,16 +270,10 @@ def train(
     from earshot.training.multilabel import routes_here, train_multilabel
 
     endpoint_url = options.pop("endpoint_url", None)
-    if data is None:  # a keyword model from `words` alone (synthetic voices)
-        if is_remote(out):
-            with local_output(out, endpoint_url) as target:
-                train(None, target, quiet=quiet, progress=progress, name=name or Path(str(out).rstrip("/")).name,
-                      **options)
-            return out  # type: ignore[return-value]
-    elif routes_here(data, options):
+    if data is not None and routes_here(data, options):  # no data: a keyword model from `words` alone
         return train_multilabel(data, out, quiet=quiet, progress=progress, name=name, endpoint_url=endpoint_url,
                                 **options)
-    elif is_remote(data) or is_remote(out):
+    if is_remote(data) or is_remote(out):
         with local_input(data, endpoint_url) as local, local_output(out, endpoint_url) as target:
             train(local, target, quiet=quiet, progress=progress, name=name or Path(str(out).rstrip("/")).name,
                   **options)

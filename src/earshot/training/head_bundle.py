@@ -14,9 +14,6 @@ rows, as `earshot evaluate` computes them; its `thresholds` are each class's max
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +22,9 @@ import numpy as np
 import torch
 
 from earshot import __version__, clips
-from earshot.bundle import CARD_FILE, MODEL_FILE, read_bundle, write_json_atomic
+from earshot.bundle import CARD_FILE, MODEL_FILE, read_bundle, staged_bundle, write_json_atomic
 from earshot.head import HeadScorer
 from earshot.packed import PackedReader
-from earshot.permissions import dir_mode
 from earshot.training.evaluation import multilabel_metrics_for
 from earshot.training.export import export_bundle, quiet_export
 from earshot.training.loop import Log, training_device
@@ -151,15 +147,6 @@ def _export_waveform(head: PoolingHead, backbone: str, window: float, hop: float
 
 
 def _export_head_only(head: PoolingHead, reader: PackedReader, out: Path, card: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        os.chmod(tmp, dir_mode())
+    with staged_bundle(out) as tmp:
         check = export_head(head, tmp / MODEL_FILE, reader.dim, reader.frames)
         write_json_atomic(tmp / CARD_FILE, {"earshot_version": __version__, **card, "onnx_check": check})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
