@@ -18,7 +18,9 @@ def train(
     data: Annotated[str | None, typer.Argument(help="Folder per class, CSV, ESC-50/UrbanSound8K/Speech Commands "
                                                "layout... Left out with --words: a keyword model from synthetic "
                                                "voices alone.")] = None,
-    model: Annotated[str, typer.Option(help="auto, transfer or cnn.")] = "auto",
+    model: Annotated[str, typer.Option(help="auto, transfer, cnn, speech (a head on a speech embedding "
+                                              "pretrained on many real voices) or cnn+speech (their average).")
+                     ] = "auto",
     backbone: Annotated[str, typer.Option(help="Pretrained backbone for transfer.")] = "mn04-as",
     val_fold: Annotated[str | None, typer.Option(help="Official fold used for validation.")] = None,
     val_split: Annotated[float | None, typer.Option(help="Group-aware stratified validation fraction.")] = None,

@@ -34,7 +34,10 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
     chosen, manifest, tr, va = result.chosen, result.manifest, result.train_idx, result.val_idx
     labels = manifest.labels
     sources = {"transfer": f"transfer learning on {backbone} (EfficientAT, MIT) features",
-               "cnn": "CompactCNN trained from scratch by earshot"}
+               "cnn": "CompactCNN trained from scratch by earshot",
+               "speech": "a head trained by earshot on Google's speech embedding (speech_embedding, Lin et al. 2020, "
+                         "Apache-2.0)"}
+    sources["cnn+speech"] = f"the average of two: {sources['cnn']}; {sources['speech']}"
     added = result.added
     data_summary = added_summary(manifest, added)
     data_summary["skipped_files"] = manifest.skipped[:1000]
@@ -74,8 +77,11 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
         },
         "data": data_summary,
         "source": sources[chosen.family],
-        "license": "MIT (EfficientAT weights); check the license of your training data"
-        if chosen.family == "transfer" else "check the license of your training data",
+        "license": {"transfer": "MIT (EfficientAT weights); check the license of your training data",
+                    "speech": "Apache-2.0 (Google speech_embedding weights); check the license of your training "
+                              "data",
+                    "cnn+speech": "Apache-2.0 (Google speech_embedding weights); check the license of your training "
+                                  "data"}.get(chosen.family, "check the license of your training data"),
     }
     t0 = time.time()
     export_bundle(chosen.model, out, card)

@@ -9,6 +9,8 @@ Families:
 - ``cnn`` (`earshot.training.cnn`): `CompactCNN` from scratch on a 16 kHz 64-mel front-end, fixed-length
   windows (the clips' 95th duration percentile, 1-10 s), with `MelAugment` and mixup on the log-mel;
   ``input_norm="utterance"`` adds per-window mean and variance normalisation (`cnn.UtteranceNorm`).
+- ``speech`` (`earshot.training.speech`): an MLP head on Google's speech embedding, pretrained on many real
+  voices (frozen), pooled over time: spoken words from speakers the data never had.
 - ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like), or when
   transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
   few for a network from scratch); the better on validation is kept and the card says why.
@@ -44,12 +46,14 @@ from earshot.training.features import transfer_features
 from earshot.training.loading import load_manifest
 from earshot.training.loop import Log, Progress, Trained, skip_unreadable, torch_settings
 from earshot.training.manifest import Manifest
+from earshot.training.speech import ENSEMBLE, averaged, train_speech
 from earshot.training.splits import hold_out
 from earshot.training.transfer import train_transfer
 
-FAMILIES = ("auto", "transfer", "cnn")
+FAMILIES = ("auto", "transfer", "cnn", "speech", ENSEMBLE)
 AUTO_MIN_ACCURACY = 0.95  # auto: below this transfer validation accuracy, try the CNN too
 SPEECH_LIKE_SECONDS = 2.0  # auto: median clip shorter than this → try the CNN too
+SPEECH_PREFERENCE = ("transfer", "cnn", "speech", ENSEMBLE)  # ties on speech-like clips: the last wins
 AUTO_CNN_MIN_PER_CLASS = 100  # auto, longer clips: a CNN from scratch only with this many training clips a class
 
 
@@ -176,7 +180,8 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
     """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
     candidates: list[Trained] = []
     why = f"--model {family}"
-    with_cnn = family == "cnn"
+    with_cnn = family in ("cnn", ENSEMBLE)
+    with_speech = family in ("speech", ENSEMBLE)
     speech_like = False
     if family in ("auto", "transfer"):
         candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
@@ -188,8 +193,10 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         per_class = len(tr) / max(1, len(manifest.labels))
         speech_like = median < SPEECH_LIKE_SECONDS
         with_cnn = speech_like or (t_acc < AUTO_MIN_ACCURACY and per_class >= AUTO_CNN_MIN_PER_CLASS)
+        with_speech = speech_like
         if speech_like:
-            why = f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN too"
+            why = (f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN, "
+                   "the speech head and their average too")
             if not any("synthetic" in it.extra for it in manifest.items):
                 log("short, speech-like clips: if each label is the word spoken, --synthesize adds synthetic voices "
                     "that carry the model to speakers it never heard (FSDD digits, a speaker held out: 0.876 → "
@@ -209,7 +216,16 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         if waves.band_rate is not None:
             cnn.config["synthetic_band_rate"] = waves.band_rate
         candidates.append(cnn)
-    chosen = choose(candidates, speech_like)
+    if with_speech:
+        decoded = waves.get(manifest, np.concatenate([tr, va]), log)
+        candidates.append(train_speech(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log))
+    if with_cnn and with_speech:
+        both = averaged(cnn, candidates[-1], 0.0)
+        both.val_accuracy = candidate_metrics(both, manifest, va)["accuracy"]
+        log(f"cnn+speech: val_acc {both.val_accuracy:.4f}", stage="trained", family=ENSEMBLE,
+            val_acc=both.val_accuracy)
+        candidates.append(both)
+    chosen = candidates[-1] if family == ENSEMBLE else choose(candidates, speech_like)
     if len(candidates) > 1:
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
         why += f"; kept {chosen.family} (validation accuracy {scores})"
@@ -217,10 +233,11 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
 
 
 def choose(candidates: Sequence[Trained], speech_like: bool) -> Trained:
-    """The candidate with the best validation accuracy. On a tie the domain decides: the CNN for speech-like clips
-    (validation clips that share speakers with training saturate, and frozen AudioSet features do not carry words
-    to new voices), else the first (transfer)."""
-    return max(candidates, key=lambda c: (c.val_accuracy, speech_like and c.family == "cnn"))
+    """The candidate with the best validation accuracy. On a tie the domain decides. For speech-like clips
+    (validation clips that share speakers with training saturate) the order is `SPEECH_PREFERENCE`: on FSDD
+    speakers never heard, the average of the CNN and the speech head beat each alone, and frozen AudioSet features
+    do not carry words to new voices. Else the first (transfer)."""
+    return max(candidates, key=lambda c: (c.val_accuracy, SPEECH_PREFERENCE.index(c.family) if speech_like else 0))
 
 
 def candidate_metrics(trained: Trained, manifest: Manifest, va: np.ndarray) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from earshot.serve.jobs import public
 from earshot.serve.settings import Settings
 from earshot.serve.store import valid_name
 
+# the training families (earshot.training.FAMILIES, not imported here: serving never imports torch)
+TRAIN_FAMILIES = ("auto", "transfer", "cnn", "speech", "cnn+speech")
+
 TRAIN_BODY = {
     "content": {
         "multipart/form-data": {
@@ -37,7 +40,7 @@ TRAIN_BODY = {
                         "description": "zip or tar of class folders",
                     },
                     "name": {"type": "string"},
-                    "model": {"type": "string", "enum": ["auto", "transfer", "cnn"]},
+                    "model": {"type": "string", "enum": list(TRAIN_FAMILIES)},
                     "backbone": {"type": "string"},
                     "epochs": {"type": "integer"},
                     "seed": {"type": "integer"},
@@ -204,8 +207,8 @@ def _train_options(fields: dict[str, Any]) -> dict[str, Any]:
             options[key] = conv(raw)
         except ValueError as e:
             raise ApiError(422, "RequestError", "invalid_request", f"{key}: {e}") from e
-    if "model" in options and options["model"] not in ("auto", "transfer", "cnn"):
-        raise ApiError(422, "RequestError", "invalid_request", "model: expected auto, transfer or cnn")
+    if "model" in options and options["model"] not in TRAIN_FAMILIES:
+        raise ApiError(422, "RequestError", "invalid_request", f"model: expected one of {', '.join(TRAIN_FAMILIES)}")
     if "epochs" in options and not 1 <= options["epochs"] <= 1000:
         raise ApiError(422, "RequestError", "invalid_request", "epochs: expected 1..1000")
     if "synth_per_label" in options and not 1 <= options["synth_per_label"] <= 2000:

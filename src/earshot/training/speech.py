@@ -1,0 +1,128 @@
+"""The speech family: a head on Google's speech embedding (`earshot.models.speech`), pretrained on many real
+voices, for spoken words. The embedding network stays frozen; each clip's embeddings over time are pooled (mean
+and max, `SpeechPooled`) and an MLP head (`EmbeddingHead`) learns the words from them, with early stopping on
+validation accuracy. Features come from the same torch modules that the bundle exports, on each clip as served:
+padded with silence to the window (`min_seconds`), then `CONTEXT_SECONDS` of silence either side inside the
+graph, so a word at the very edge of a clip or a stream window is still seen whole by the 0.775 s receptive field.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from earshot import clips
+from earshot.models import speech
+from earshot.models.tagger import WaveformTagger
+from earshot.training.cnn import window_for
+from earshot.training.loop import Log, Trained, seed_all
+from earshot.training.manifest import Manifest
+from earshot.training.transfer import _fit_head
+
+SAMPLE_RATE = speech.SAMPLE_RATE
+CONTEXT_SECONDS = 0.4  # silence added either side of the input, inside the graph
+ENSEMBLE = "cnn+speech"  # the family name of the averaged CNN and speech head
+HEAD = {"hidden": 256, "lr": 1e-3, "weight_decay": 1e-2, "dropout": 0.5}
+
+
+class ContextMel(nn.Module):
+    """`SpeechMel` of the waveform with `context` samples of silence added either side."""
+
+    def __init__(self, mel: speech.SpeechMel, context: int) -> None:
+        super().__init__()
+        self.mel, self.context = mel, context
+        self.sample_rate = mel.sample_rate
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.mel(nn.functional.pad(waveform, (self.context, self.context)))
+
+    def at_rate(self, source_rate: int) -> ContextMel:
+        self.mel.at_rate(source_rate)
+        return self
+
+
+class SpeechPooled(nn.Module):
+    """Log-mel → (no logits, [mean | max] of the speech embeddings over time): the backbone a head sits on."""
+
+    def __init__(self, network: speech.SpeechEmbedding) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.network(mel)  # [batch, 96, steps]
+        pooled = torch.cat([e.mean(dim=2), e.amax(dim=2)], dim=1)
+        return pooled[:, :0], pooled
+
+
+def feature_model() -> WaveformTagger:
+    """The frozen front-end and backbone, without a head."""
+    mel, network = speech.load()
+    return WaveformTagger(ContextMel(mel, int(CONTEXT_SECONDS * SAMPLE_RATE)), SpeechPooled(network),
+                          multi_label=False).eval()
+
+
+def pooled_features(model: WaveformTagger, waves: list[np.ndarray], min_seconds: float) -> np.ndarray:
+    """[n, 192] pooled embeddings of each clip as served: the clip-length policy's windows (`clips.clip_frames`),
+    their features averaged over windows."""
+    out = np.zeros((len(waves), 2 * speech.DIM), dtype=np.float32)
+    with torch.no_grad():  # one clip at a time: batching equal shapes measured no faster on CPU
+        for k, y in enumerate(waves):
+            frames = clips.clip_frames(y, SAMPLE_RATE, max(min_seconds, 1.0), min_seconds)
+            out[k] = model(torch.as_tensor(frames, dtype=torch.float32))[1].mean(dim=0).numpy()
+    return out
+
+
+def train_speech(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[int, np.ndarray], *,
+                 epochs: int | None, seed: int, log: Log, window: float | None = None) -> Trained:
+    """MLP head on the frozen speech embedding's pooled features; best validation epoch kept. `waves`: decoded
+    clips at 16 kHz by manifest index. The window (also `min_seconds`) is the CNN's `window_for` the training
+    clips unless given."""
+    seed_all(seed)
+    tr = np.array([i for i in tr if int(i) in waves])
+    va = np.array([i for i in va if int(i) in waves])
+    window = window or window_for([len(waves[int(i)]) / SAMPLE_RATE for i in tr])
+    model = feature_model()
+    t0 = time.time()
+    x_tr = pooled_features(model, [waves[int(i)] for i in tr], window)
+    x_va = pooled_features(model, [waves[int(i)] for i in va], window)
+    log(f"speech: embeddings of {len(tr)} + {len(va)} clips in {time.time() - t0:.1f}s", stage="features")
+    y = manifest.targets(manifest.labels)
+    n_epochs = epochs or 300
+    head, history, vacc = _fit_head(x_tr, y[tr], x_va, y[va], len(manifest.labels), epochs=n_epochs, seed=seed,
+                                    log=log, **HEAD)
+    log(f"speech head: best val_acc {vacc:.4f} after {len(history)} epochs", stage="trained", family="speech",
+        val_acc=vacc)
+    model.head = head
+    config = {"backbone": "speech-embedding", "source": speech.SOURCE, "license": speech.LICENSE,
+              "weights": {"url": speech.WHEEL_URL, "sha256": speech.WHEEL_SHA256},
+              "features": "mean | max of the 96-d speech embeddings (0.775 s each, every 80 ms) over the window, "
+                          f"with {CONTEXT_SECONDS:g} s of silence either side",
+              "head": f"MLP ({HEAD['hidden']} hidden)", **HEAD, "epochs_run": len(history), "max_epochs": n_epochs,
+              "batch_size": 64, "label_smoothing": 0.1, "early_stopping": "validation accuracy, then loss; patience 40"}
+    return Trained("speech", model.eval(), SAMPLE_RATE, window, window, vacc, history, config)
+
+
+class Averaged(nn.Module):
+    """Several single-label networks on the same waveform, as one exportable graph: their softmax scores
+    averaged, their embeddings side by side, the first one's log-mel."""
+
+    def __init__(self, members: list[WaveformTagger]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.multi_label = False
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outs = [m(waveform) for m in self.members]
+        scores = torch.stack([o[0] for o in outs]).mean(dim=0)
+        return scores, torch.cat([o[1] for o in outs], dim=1), outs[0][2]
+
+
+def averaged(cnn: Trained, speech_head: Trained, val_accuracy: float) -> Trained:
+    """The CNN and the speech head as one model (`Averaged`), served over the CNN's window."""
+    config = {"members": {"cnn": cnn.config, "speech": speech_head.config},
+              "combination": "mean of the members' class probabilities"}
+    return Trained(ENSEMBLE, Averaged([cnn.model, speech_head.model]).eval(), cnn.sample_rate, cnn.window_seconds,
+                   cnn.min_seconds, val_accuracy, cnn.history, config)

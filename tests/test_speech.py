@@ -1,0 +1,98 @@
+"""The speech family: Google's speech embedding ported to torch, a head on it, and its average with the CNN, on
+FSDD speakers held out of training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+import soxr
+import torch
+from conftest import fsdd_take
+
+from earshot.classifier import Classifier
+from earshot.models import speech
+from earshot.training import train
+
+DIGITS = (1, 3, 6, 9)
+
+
+def _released(member: str) -> ort.InferenceSession:
+    with zipfile.ZipFile(speech.weights_file()) as z:
+        return ort.InferenceSession(z.read(member), providers=["CPUExecutionProvider"])
+
+
+def test_port_reproduces_the_released_onnx_graphs():
+    """The torch front-end and network give the released graphs' outputs on a real recording: the log-mel, and
+    the embeddings of every 76-frame window 8 frames apart from one pass over the whole clip."""
+    y, sr = sf.read(fsdd_take("nicolas", 6, 3), dtype="float32")
+    y = np.pad(soxr.resample(y, sr, 16000).astype(np.float32), (8000, 8000))
+    mel_ref = np.squeeze(_released(speech.MEL_MEMBER).run(None, {"input": (y * 32767)[None]})[0]) / 10 + 2
+    windows = np.stack([mel_ref[i:i + speech.RECEPTIVE_FRAMES]
+                        for i in range(0, len(mel_ref) - speech.RECEPTIVE_FRAMES + 1, speech.STEP_FRAMES)])
+    emb_ref = _released(speech.NET_MEMBER).run(None, {"input_1": windows[..., None].astype(np.float32)})[0]
+    emb_ref = emb_ref.reshape(len(windows), speech.DIM)
+    frontend, network = speech.load()
+    with torch.no_grad():
+        mel = frontend(torch.as_tensor(y)[None])
+        emb = network(mel.unsqueeze(1))[0].numpy().T
+    assert mel.shape[2] == frontend.n_frames(len(y)) == len(mel_ref)
+    assert np.abs(mel[0].numpy().T - mel_ref).max() < 1e-4
+    assert emb.shape == emb_ref.shape and len(emb) >= 3
+    assert np.abs(emb - emb_ref).max() < 1e-3 * np.abs(emb_ref).max()
+
+
+def _digits(tmp_path, takes: int) -> str:
+    """FSDD digits: george, jackson and theo train, nicolas validates, lucas is the test fold."""
+    path = tmp_path / "digits.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold", "group"])
+        for speaker in ("george", "jackson", "theo", "nicolas", "lucas"):
+            for digit in DIGITS:
+                for index in range(takes):
+                    w.writerow([fsdd_take(speaker, digit, index), digit, speaker, speaker])
+    return str(path)
+
+
+@pytest.mark.slow
+def test_speech_head_hears_a_speaker_it_never_had(tmp_path):
+    """Twenty takes a digit from three speakers: the head on the speech embedding names a fourth speaker's digits
+    (the test fold, in nothing of training) nearly always, and the bundle runs on onnxruntime alone."""
+    bundle = train(_digits(tmp_path, 20), tmp_path / "speech", model="speech", val_fold="nicolas", test_fold="lucas",
+                   quiet=True)
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["training"]["family"] == "speech"
+    assert card["training"]["weights"]["sha256"] == speech.WHEEL_SHA256
+    assert "Apache-2.0" in card["license"]
+    test = card["metrics"]["test"]
+    assert test["n"] == 80 and test["accuracy"] >= 0.9, test
+    clf = Classifier.load(bundle)
+    pred = clf.predict(fsdd_take("lucas", 6, 40))  # a take outside every fold used
+    assert pred.labels[0] == "6", pred
+    scores = clf.clip_scores(np.zeros(16000, dtype=np.float32))
+    assert abs(float(scores.sum()) - 1.0) < 1e-4
+
+
+@pytest.mark.slow
+def test_cnn_plus_speech_averages_both_in_one_bundle(tmp_path):
+    """--model cnn+speech: one graph whose scores are the mean of the CNN's and the speech head's, chosen as
+    asked even when a member alone validates as well; the held-out speaker is far above chance."""
+    bundle = train(_digits(tmp_path, 12), tmp_path / "both", model="cnn+speech", val_fold="nicolas",
+                   test_fold="lucas", epochs=6, quiet=True)
+    card = json.loads((bundle / "card.json").read_text())
+    training = card["training"]
+    assert training["family"] == "cnn+speech"
+    assert set(training["candidates"]) == {"cnn", "speech", "cnn+speech"}
+    assert set(training["members"]) == {"cnn", "speech"}
+    assert card["metrics"]["test"]["accuracy"] >= 0.7, card["metrics"]["test"]
+    clf = Classifier.load(bundle)
+    takes = [clf.pad(clf.decode(fsdd_take("lucas", d, 45)))[:16000] for d in DIGITS]
+    scores, embedding = clf.run(np.stack([np.pad(t, (0, 16000 - len(t))) for t in takes]), ("scores", "embedding"))
+    assert np.allclose(scores.sum(axis=1), 1.0, atol=1e-4)
+    assert embedding.shape[1] > 2 * speech.DIM  # the CNN's embedding beside the pooled speech embedding
