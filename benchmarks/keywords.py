@@ -174,7 +174,7 @@ def words_only(out: Path, only: set[str], common: dict) -> list[dict]:
     from earshot.training.keywords import FILLER_WORDS
 
     rows = []
-    opts = {k: v for k, v in common.items() if k != "model"}
+    opts = dict(common)  # --model auto trains the CNN here; cnn+speech adds the speech head
     if "fsdd" in only:
         t0, c0 = time.time(), _cpu()
         bundle = train(None, out / "words_digits", words=DIGITS, quiet=True, **opts)
