@@ -20,7 +20,7 @@ from earshot.models.tagger import WaveformTagger
 from earshot.training.cnn import window_for
 from earshot.training.loop import Log, Trained, seed_all
 from earshot.training.manifest import Manifest
-from earshot.training.transfer import _fit_head
+from earshot.training.transfer import fit_head
 
 SAMPLE_RATE = speech.SAMPLE_RATE
 CONTEXT_SECONDS = 0.4  # silence added either side of the input, inside the graph
@@ -91,7 +91,7 @@ def train_speech(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict
     log(f"speech: embeddings of {len(tr)} + {len(va)} clips in {time.time() - t0:.1f}s", stage="features")
     y = manifest.targets(manifest.labels)
     n_epochs = epochs or 300
-    head, history, vacc = _fit_head(x_tr, y[tr], x_va, y[va], len(manifest.labels), epochs=n_epochs, seed=seed,
+    head, history, vacc = fit_head(x_tr, y[tr], x_va, y[va], len(manifest.labels), epochs=n_epochs, seed=seed,
                                     log=log, **HEAD)
     log(f"speech head: best val_acc {vacc:.4f} after {len(history)} epochs", stage="trained", family="speech",
         val_acc=vacc)

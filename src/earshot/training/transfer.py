@@ -22,7 +22,7 @@ from earshot.training.loop import BestEpoch, Log, Trained, seed_all, training_de
 from earshot.training.manifest import Manifest
 
 
-def _fit_head(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, n_classes: int, *,
+def fit_head(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, n_classes: int, *,
               epochs: int, seed: int, hidden: int, lr: float, weight_decay: float, dropout: float, log: Log,
               patience: int = 40) -> tuple[EmbeddingHead, list[dict[str, float]], float]:
     """Train an EmbeddingHead with AdamW, early stopping on validation accuracy (then loss); best checkpoint."""
@@ -77,7 +77,7 @@ def train_transfer(manifest: Manifest, feats: np.ndarray, tr: np.ndarray, va: np
     x = feats[:, :-1]  # drop the duration column
     cfg = {"hidden": 256, "lr": 1e-3, "weight_decay": 1e-2, "dropout": 0.5}
     n_epochs = epochs or 300
-    head, history, vacc = _fit_head(x[tr], y[tr], x[va], y[va], len(labels), epochs=n_epochs, seed=seed,
+    head, history, vacc = fit_head(x[tr], y[tr], x[va], y[va], len(labels), epochs=n_epochs, seed=seed,
                                     log=log, **cfg)
     log(f"transfer head: best val_acc {vacc:.4f} after {len(history)} epochs", stage="trained",
         family="transfer", val_acc=vacc)
