@@ -20,6 +20,9 @@ Figures with --protocol test (seed 0, 2 cores): FSDD --synthesize nicolas 0.900,
 lucas 0.958, theo 0.944 (mean 0.930); default flags 0.804 / 0.838 / 0.894 / 0.884 / 0.960 (mean 0.876; george
 kept the transfer head on a 1.0 validation tie and scored 0.524 until ties went to the CNN on speech-like clips);
 Speech Commands 0.886 (synthetic voices, the default there), 0.341 with --no-synthesize (transfer kept).
+With --model cnn+speech (the CNN and a head on Google's speech embedding, averaged) and --synthesize: FSDD
+nicolas 0.934, jackson 0.974, george 0.930, lucas 0.998, theo 0.994 (mean 0.966; 587-666 s uncontended);
+Speech Commands 0.977.
 Measured the same way and not kept (nicolas 0.900 and jackson 0.914 for the same seed): BatchNorm statistics
 recomputed on the real training clips 0.902 (real and synthetic 0.908; on nicolas's own unlabelled clips 0.924);
 weights of the last 3-12 epochs averaged, jackson 0.902-0.910; per-band style mixing (MixStyle over frequency)

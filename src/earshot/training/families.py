@@ -13,7 +13,8 @@ Families:
   voices (frozen), pooled over time: spoken words from speakers the data never had.
 - ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like), or when
   transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
-  few for a network from scratch); the better on validation is kept and the card says why.
+  few for a network from scratch); on speech-like clips the speech head and its average with the CNN
+  (``cnn+speech``) too. The best on validation is kept (ties: `SPEECH_PREFERENCE`) and the card says why.
 
 Unreadable files are skipped (never silently): printed, counted and listed in the card's ``data`` summary.
 The card's ``metrics`` are computed on the validation split by the exported bundle on onnxruntime
