@@ -13,6 +13,7 @@ import torch
 
 from earshot.bundle import CARD_FILE, write_json_atomic
 from earshot.classifier import Classifier
+from earshot.models import speech
 from earshot.training.additions import added_summary, keyword_fields
 from earshot.training.evaluation import metrics_for, plot_confusion, score_items
 from earshot.training.export import export_bundle
@@ -35,9 +36,10 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
     labels = manifest.labels
     sources = {"transfer": f"transfer learning on {backbone} (EfficientAT, MIT) features",
                "cnn": "CompactCNN trained from scratch by earshot",
-               "speech": "a head trained by earshot on Google's speech embedding (speech_embedding, Lin et al. 2020, "
-                         "Apache-2.0)"}
+               "speech": f"a head trained by earshot on {speech.SOURCE}"}
     sources["cnn+speech"] = f"the average of two: {sources['cnn']}; {sources['speech']}"
+    weights_license = {"transfer": ["MIT (EfficientAT weights)"], "speech": [speech.LICENSE],
+                       "cnn+speech": [speech.LICENSE]}
     added = result.added
     data_summary = added_summary(manifest, added)
     data_summary["skipped_files"] = manifest.skipped[:1000]
@@ -77,11 +79,7 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
         },
         "data": data_summary,
         "source": sources[chosen.family],
-        "license": {"transfer": "MIT (EfficientAT weights); check the license of your training data",
-                    "speech": "Apache-2.0 (Google speech_embedding weights); check the license of your training "
-                              "data",
-                    "cnn+speech": "Apache-2.0 (Google speech_embedding weights); check the license of your training "
-                                  "data"}.get(chosen.family, "check the license of your training data"),
+        "license": "; ".join([*weights_license.get(chosen.family, []), "check the license of your training data"]),
     }
     t0 = time.time()
     export_bundle(chosen.model, out, card)

@@ -221,7 +221,7 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         decoded = waves.get(manifest, np.concatenate([tr, va]), log)
         candidates.append(train_speech(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log))
     if with_cnn and with_speech:
-        both = averaged(cnn, candidates[-1], 0.0)
+        both = averaged(cnn, candidates[-1])
         both.val_accuracy = candidate_metrics(both, manifest, va)["accuracy"]
         log(f"cnn+speech: val_acc {both.val_accuracy:.4f}", stage="trained", family=ENSEMBLE,
             val_acc=both.val_accuracy)

@@ -120,9 +120,10 @@ class Averaged(nn.Module):
         return scores, torch.cat([o[1] for o in outs], dim=1), outs[0][2]
 
 
-def averaged(cnn: Trained, speech_head: Trained, val_accuracy: float) -> Trained:
-    """The CNN and the speech head as one model (`Averaged`), served over the CNN's window."""
+def averaged(cnn: Trained, speech_head: Trained) -> Trained:
+    """The CNN and the speech head as one model (`Averaged`), served over the CNN's window; its validation accuracy
+    is for the caller to measure (0 until then)."""
     config = {"members": {"cnn": cnn.config, "speech": speech_head.config},
               "combination": "mean of the members' class probabilities"}
     return Trained(ENSEMBLE, Averaged([cnn.model, speech_head.model]).eval(), cnn.sample_rate, cnn.window_seconds,
-                   cnn.min_seconds, val_accuracy, cnn.history, config)
+                   cnn.min_seconds, 0.0, cnn.history, config)
