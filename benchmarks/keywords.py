@@ -109,7 +109,7 @@ def run(name: str, out: Path, data, **options) -> dict:
     from earshot.training import train
 
     t0, c0 = time.time(), _cpu()
-    bundle = train(data, out / name.replace(" ", "_"), quiet=True, **options)
+    bundle = train(data, out / name.replace(" ", "_"), **{"quiet": True, **options})
     wall, cpu = time.time() - t0, _cpu() - c0
     card = json.loads((bundle / "card.json").read_text())
     acc, n = words_accuracy(card, "test" if options.get("test_fold") else "validation")
@@ -177,10 +177,10 @@ def words_only(out: Path, only: set[str], common: dict) -> list[dict]:
     from earshot.training.keywords import FILLER_WORDS
 
     rows = []
-    opts = dict(common)  # --model auto trains the CNN here; cnn+speech adds the speech head
+    opts = {"quiet": True, **common}  # --model auto trains the CNN here; cnn+speech adds the speech head
     if "fsdd" in only:
         t0, c0 = time.time(), _cpu()
-        bundle = train(None, out / "words_digits", words=DIGITS, quiet=True, **opts)
+        bundle = train(None, out / "words_digits", words=DIGITS, **opts)
         wall, cpu = time.time() - t0, _cpu() - c0
         clf = Classifier(read_bundle(bundle))
         per, forced = {}, {}
@@ -198,7 +198,7 @@ def words_only(out: Path, only: set[str], common: dict) -> list[dict]:
     if "sc" in only:
         root = DATA / "speech_commands_v0.01_subset"
         t0, c0 = time.time(), _cpu()
-        bundle = train(None, out / "words_commands", words=COMMANDS, quiet=True, **opts)
+        bundle = train(None, out / "words_commands", words=COMMANDS, **opts)
         wall, cpu = time.time() - t0, _cpu() - c0
         clf = Classifier(read_bundle(bundle))
         commands = set(COMMANDS.split(","))
@@ -233,6 +233,7 @@ def main(argv=None) -> int:
                          "best epoch is chosen on 10 %% of the training speakers' clips; val: they are the "
                          "validation fold (the best epoch chosen on them: optimistic)")
     ap.add_argument("--keep", type=Path, help="keep the bundles in this folder")
+    ap.add_argument("--verbose", action="store_true", help="training's per-stage lines on stderr, with times")
     ap.add_argument("--adapt", default="", help="comma list of strengths: after each FSDD run (test protocol), "
                     "adapt the bundle to the unseen speaker with `earshot adapt`, cross-fitted over halves of the "
                     "speaker's takes, at each strength")
@@ -251,6 +252,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="earshot-kws-"))
     out = args.keep or tmp
     common = {"model": args.model, "epochs": args.epochs, "seed": args.seed, "synth_per_label": args.per_label}
+    if args.verbose:
+        common["quiet"] = False
     rows = []
     try:
         for lever in args.levers.split(","):

@@ -18,6 +18,8 @@ from conftest import fsdd_take
 from earshot.classifier import Classifier
 from earshot.models import speech
 from earshot.training import train
+from earshot.training.manifest import Item, Manifest
+from earshot.training.speech import RECORDED_PER_LABEL, centred, head_clips
 
 DIGITS = (1, 3, 6, 9)
 
@@ -45,6 +47,39 @@ def test_port_reproduces_the_released_onnx_graphs():
     assert np.abs(mel[0].numpy().T - mel_ref).max() < 1e-4
     assert emb.shape == emb_ref.shape and len(emb) >= 3
     assert np.abs(emb - emb_ref).max() < 1e-3 * np.abs(emb_ref).max()
+
+
+def test_short_clips_are_centred_and_stream_windows_left_alone():
+    """A take padded with zeros at the end (a short clip under the clip policy) has its content moved to the
+    middle; a window of continuous audio (no trailing zeros) comes out unchanged."""
+    y, sr = sf.read(fsdd_take("george", 3, 7), dtype="float32")
+    y = soxr.resample(y, sr, 16000).astype(np.float32)
+    clip = torch.as_tensor(np.pad(y, (0, 16000 - len(y))))[None]
+    out = centred(clip)[0].numpy()
+    nz = np.flatnonzero(out)
+    before, after = nz[0], 16000 - 1 - nz[-1]
+    assert abs(before - after) <= 1 and before > 1000
+    assert np.array_equal(out[nz[0]:nz[-1] + 1], y[np.flatnonzero(y)[0]:np.flatnonzero(y)[-1] + 1])
+    stream = torch.as_tensor(np.concatenate([y, y, y])[:16000] + 1e-3)[None]
+    assert torch.equal(centred(stream), stream)
+
+
+def test_synthetic_takes_join_the_head_only_when_recordings_are_few():
+    """Recordings enough for every label: the speech head learns from them alone; fewer: the synthetic takes
+    stay beside them."""
+    def manifest(recorded: int) -> Manifest:
+        items = [Item(path=fsdd_take("theo", d, k), label=str(d)) for d in DIGITS for k in range(recorded)]
+        items += [Item(path=fsdd_take("theo", d, 0), label=str(d), extra={"synthetic": "espeak-ng"})
+                  for d in DIGITS for _ in range(30)]
+        return Manifest(items)
+
+    many = manifest(RECORDED_PER_LABEL)
+    kept, why = head_clips(many, np.arange(len(many.items)))
+    assert len(kept) == RECORDED_PER_LABEL * len(DIGITS) and "left out" in why
+    assert not any("synthetic" in many.items[int(i)].extra for i in kept)
+    few = manifest(8)
+    kept, why = head_clips(few, np.arange(len(few.items)))
+    assert len(kept) == len(few.items) and why.startswith(f"{30 * len(DIGITS)} beside {8 * len(DIGITS)}")
 
 
 def _digits(tmp_path, takes: int) -> str:
@@ -77,6 +112,11 @@ def test_speech_head_hears_a_speaker_it_never_had(tmp_path):
     assert pred.labels[0] == "6", pred
     scores = clf.clip_scores(np.zeros(16000, dtype=np.float32))
     assert abs(float(scores.sum()) - 1.0) < 1e-4
+    take = clf.decode(fsdd_take("lucas", 3, 41))
+    gap = 16000 - len(take)
+    end_padded, middle = np.pad(take, (0, gap)), np.pad(take, (gap // 2, gap - gap // 2))
+    a, b = clf.run(np.stack([end_padded, middle]))[0]
+    assert np.allclose(a, b, atol=1e-5)  # the exported graph centres a short clip itself
 
 
 @pytest.mark.slow

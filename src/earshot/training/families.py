@@ -219,7 +219,9 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         candidates.append(cnn)
     if with_speech:
         decoded = waves.get(manifest, np.concatenate([tr, va]), log)
-        candidates.append(train_speech(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log))
+        window = cnn.window_seconds if with_cnn else None  # the average is served over the CNN's window
+        candidates.append(train_speech(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log,
+                                       window=window))
     if with_cnn and with_speech:
         both = averaged(cnn, candidates[-1])
         both.val_accuracy = candidate_metrics(both, manifest, va)["accuracy"]

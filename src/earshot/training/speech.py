@@ -2,8 +2,10 @@
 voices, for spoken words. The embedding network stays frozen; each clip's embeddings over time are pooled (mean
 and max, `SpeechPooled`) and an MLP head (`EmbeddingHead`) learns the words from them, with early stopping on
 validation accuracy. Features come from the same torch modules that the bundle exports, on each clip as served:
-padded with silence to the window (`min_seconds`), then `CONTEXT_SECONDS` of silence either side inside the
-graph, so a word at the very edge of a clip or a stream window is still seen whole by the 0.775 s receptive field.
+padded with silence to the window (`min_seconds`), centred in it (`centred`) and given `CONTEXT_SECONDS` of
+silence either side inside the graph, so a word at the very edge of a clip or a stream window is still seen whole
+by the 0.775 s receptive field. The head learns from the recordings alone when there are enough of them
+(`head_clips`); synthetic takes join it only when recordings are few or absent.
 """
 
 from __future__ import annotations
@@ -26,10 +28,18 @@ SAMPLE_RATE = speech.SAMPLE_RATE
 CONTEXT_SECONDS = 0.4  # silence added either side of the input, inside the graph
 ENSEMBLE = "cnn+speech"  # the family name of the averaged CNN and speech head
 HEAD = {"hidden": 256, "lr": 1e-3, "weight_decay": 1e-2, "dropout": 0.5}
+RECORDED_PER_LABEL = 50  # recordings a label from which synthetic takes stay out of the head's training
 
 
 class ContextMel(nn.Module):
-    """`SpeechMel` of the waveform with `context` samples of silence added either side."""
+    """`SpeechMel` of the waveform centred and with `context` samples of silence added either side.
+
+    Centred: a clip shorter than its window arrives padded with zeros at the end (`clips.clip_frames`); its
+    content is moved to the middle, so the embedding windows see the word at every position, as they do in
+    a stream, instead of only at their start followed by silence. Input without leading or trailing zeros
+    (any stream window) is unchanged. On FSDD's unseen speakers, a linear head on the centred embeddings
+    scored 0.904 for nicolas against 0.866 end-padded (george 0.940 / 0.930, the others within 0.005).
+    """
 
     def __init__(self, mel: speech.SpeechMel, context: int) -> None:
         super().__init__()
@@ -37,11 +47,24 @@ class ContextMel(nn.Module):
         self.sample_rate = mel.sample_rate
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.mel(nn.functional.pad(waveform, (self.context, self.context)))
+        return self.mel(nn.functional.pad(centred(waveform), (self.context, self.context)))
 
     def at_rate(self, source_rate: int) -> ContextMel:
         self.mel.at_rate(source_rate)
         return self
+
+
+def centred(waveform: torch.Tensor) -> torch.Tensor:
+    """[batch, samples] with each row's content (first to last non-zero sample) moved to the middle."""
+    n = waveform.shape[1]
+    index = torch.arange(n, device=waveform.device)
+    sound = waveform != 0
+    end = ((index + 1) * sound).amax(dim=1, keepdim=True)  # one past the last non-zero sample (0: all zeros)
+    start = n - ((n - index) * sound).amax(dim=1, keepdim=True)  # the first non-zero sample (n: all zeros)
+    shift = (n - (end - start).clamp(min=0)) // 2 - start.clamp(max=n - 1)
+    source = index - shift
+    inside = (source >= 0) & (source < n)
+    return torch.gather(waveform, 1, source.clamp(0, n - 1)) * inside
 
 
 class SpeechPooled(nn.Module):
@@ -83,12 +106,14 @@ def train_speech(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict
     seed_all(seed)
     tr = np.array([i for i in tr if int(i) in waves])
     va = np.array([i for i in va if int(i) in waves])
+    tr, synthetic = head_clips(manifest, tr)
     window = window or window_for([len(waves[int(i)]) / SAMPLE_RATE for i in tr])
     model = feature_model()
     t0 = time.time()
     x_tr = pooled_features(model, [waves[int(i)] for i in tr], window)
     x_va = pooled_features(model, [waves[int(i)] for i in va], window)
-    log(f"speech: embeddings of {len(tr)} + {len(va)} clips in {time.time() - t0:.1f}s", stage="features")
+    log(f"speech: embeddings of {len(tr)} + {len(va)} clips in {time.time() - t0:.1f}s (synthetic takes: {synthetic})",
+        stage="features")
     y = manifest.targets(manifest.labels)
     n_epochs = epochs or 300
     head, history, vacc = fit_head(x_tr, y[tr], x_va, y[va], len(manifest.labels), epochs=n_epochs, seed=seed,
@@ -101,8 +126,24 @@ def train_speech(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict
               "features": "mean | max of the 96-d speech embeddings (0.775 s each, every 80 ms) over the window, "
                           f"with {CONTEXT_SECONDS:g} s of silence either side",
               "head": f"MLP ({HEAD['hidden']} hidden)", **HEAD, "epochs_run": len(history), "max_epochs": n_epochs,
-              "batch_size": 64, "label_smoothing": 0.1, "early_stopping": "validation accuracy, then loss; patience 40"}
+              "batch_size": 64, "label_smoothing": 0.1, "early_stopping": "validation accuracy, then loss; patience 40",
+              "synthetic_takes": synthetic}
     return Trained("speech", model.eval(), SAMPLE_RATE, window, window, vacc, history, config)
+
+
+def head_clips(manifest: Manifest, tr: np.ndarray) -> tuple[np.ndarray, str]:
+    """The training clips for the head, and the card's word on synthetic takes: left out when the recordings have
+    at least `RECORDED_PER_LABEL` clips a label. The embedding already knows many real voices; a head fit to
+    synthetic ones as well learns cues that real speakers lack (FSDD, nicolas held out: 0.912 from his four
+    peers' recordings alone, 0.874 with 5000 synthetic takes beside them). Few recordings (the Speech Commands
+    sample's 8 a word) or none (a model from its words alone) keep every take."""
+    synthetic = np.array(["synthetic" in manifest.items[int(i)].extra for i in tr], dtype=bool)
+    if not synthetic.any():
+        return tr, "none"
+    recorded = int((~synthetic).sum())
+    if recorded >= RECORDED_PER_LABEL * len(manifest.labels):
+        return tr[~synthetic], f"left out ({recorded} recordings, at least {RECORDED_PER_LABEL} a label)"
+    return tr, f"{int(synthetic.sum())} beside {recorded} recordings"
 
 
 class Averaged(nn.Module):
