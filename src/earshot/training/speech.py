@@ -124,7 +124,7 @@ def train_speech(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict
     config = {"backbone": "speech-embedding", "source": speech.SOURCE, "license": speech.LICENSE,
               "weights": {"url": speech.WHEEL_URL, "sha256": speech.WHEEL_SHA256},
               "features": "mean | max of the 96-d speech embeddings (0.775 s each, every 80 ms) over the window, "
-                          f"with {CONTEXT_SECONDS:g} s of silence either side",
+                          f"a short clip centred in it, with {CONTEXT_SECONDS:g} s of silence either side",
               "head": f"MLP ({HEAD['hidden']} hidden)", **HEAD, "epochs_run": len(history), "max_epochs": n_epochs,
               "batch_size": 64, "label_smoothing": 0.1, "early_stopping": "validation accuracy, then loss; patience 40",
               "synthetic_takes": synthetic}
