@@ -27,9 +27,10 @@ run: install
 	$(BIN)/earshot models pull mn04-as
 	$(BIN)/earshot serve --model mn04-as --host $(HOST) --port $(PORT)
 
+# The end-to-end tests marked slow run in CI (CI set, as .ci/run sets it) or with SLOW=1; locally they are left out.
 test: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra $(if $(CI)$(SLOW),,-m "not slow")
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -66,3 +66,14 @@ def digits_bundle(tmp_path_factory):
     bundle = train(manifest, tmp / "bundle", model="cnn", val_fold="theo", epochs=12, background=True, quiet=True)
     print(f"digits_bundle trained in {time.time() - t0:.0f} s")
     return bundle
+
+
+def need_engine(engine: str) -> None:
+    """Skip without the speech synthesiser `engine`; under CI (which installs them all) fail instead."""
+    from earshot.training import synthesis
+
+    if engine in synthesis.available_engines():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"speech synthesiser {engine} is not installed (.ci/run installs it)")
+    pytest.skip(f"speech synthesiser {engine} is not installed")

@@ -56,6 +56,7 @@ def new_microphone(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_adapted_statistics_are_the_new_domains(digits_bundle, new_microphone, tmp_path):
     """The first layer normalises the log-mel: after adaptation its mean and variance are those of the log-mel
     the bundle itself outputs for the new recordings (every clip as `predict` feeds it). Every layer moves, the
@@ -89,6 +90,7 @@ def test_adapted_statistics_are_the_new_domains(digits_bundle, new_microphone, t
     assert weights.keys() == original.keys() and all(np.array_equal(weights[k], original[k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_strength_blends_with_the_training_statistics(digits_bundle, new_microphone, tmp_path):
     """Strength 0.5 gives the midpoint of the training and the new statistics; a vanishing strength leaves the
     bundle's scores as they were."""

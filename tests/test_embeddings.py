@@ -196,6 +196,7 @@ def test_attention_pooling_against_mean_and_max(mix_h5):
     assert mean_map["attention"] >= mean_map["mean"], mean_map
 
 
+@pytest.mark.slow
 def test_multilabel_csv_trains_end_to_end(mixtures, mix_h5, tmp_path):
     """A multi-label CSV → embeddings (cached) → attention head → waveform bundle; predict applies the card's
     thresholds; evaluate on audio reproduces the card, and the same bundle scores the embedding file."""
@@ -225,6 +226,7 @@ def test_multilabel_csv_trains_end_to_end(mixtures, mix_h5, tmp_path):
     assert {"mAP", "auc", "d_prime", "per_class_ap", "n"} <= set(file_eval) and file_eval["n"] == 240
 
 
+@pytest.mark.slow
 def test_audioset_layout_through_object_storage(s3, tmp_path):
     """The AudioSet packed layout trains without conversion from s3:// into s3://; evaluate reads both from the
     bucket; the head-only bundle predicts the planted classes row by row; embed reads and writes s3:// too."""

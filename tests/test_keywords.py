@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,21 +18,13 @@ import soundfile as sf
 import soxr
 import websockets
 from apiserver import server_process
-from conftest import DATA, esc50_clip, fsdd_take
+from conftest import DATA, esc50_clip, fsdd_take, need_engine
 
 from earshot.events import EventTracker
 from earshot.training import keywords, synthesis
 
 FSDD = DATA / "fsdd" / "recordings"
 SPEECH_COMMANDS = DATA / "speech_commands_v0.01_subset"
-
-
-def need_engine(engine: str) -> None:
-    if engine in synthesis.available_engines():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"speech synthesiser {engine} is not installed (.ci/run installs it)")
-    pytest.skip(f"speech synthesiser {engine} is not installed")
 
 
 @pytest.mark.parametrize("engine", synthesis.ENGINES)

@@ -13,11 +13,11 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from conftest import fsdd_take
+from conftest import fsdd_take, need_engine
 
 from earshot.classifier import Classifier
 from earshot.models import speech
-from earshot.training import train
+from earshot.training import fit, train
 from earshot.training.manifest import Item, Manifest
 from earshot.training.speech import RECORDED_PER_LABEL, centred, head_clips
 
@@ -93,6 +93,18 @@ def _digits(tmp_path, takes: int) -> str:
                 for index in range(takes):
                     w.writerow([fsdd_take(speaker, digit, index), digit, speaker, speaker])
     return str(path)
+
+
+def test_auto_with_synthetic_voices_trains_only_the_word_families(tmp_path):
+    """auto with --synthesize: the labels are spoken words, so neither the transfer head nor its AudioSet features
+    are computed; the CNN, the speech head and their average are trained, and the reason says so."""
+    need_engine("espeak-ng")
+    r = fit(_digits(tmp_path, 3), model="auto", val_fold="nicolas", test_fold="lucas", epochs=1, synthesize=True,
+            synth_per_label=2, quiet=True)
+    assert [c.family for c in r.candidates] == ["cnn", "speech", "cnn+speech"]
+    assert r.why.startswith("auto: --synthesize") and "no transfer head" in r.why
+    assert r.added.synthetic["n"] == 2 * len(DIGITS)
+    assert r.chosen.family in ("cnn", "speech", "cnn+speech")
 
 
 @pytest.mark.slow

@@ -146,6 +146,7 @@ def test_csv_layout_trains(tmp_path):
     assert r.chosen.val_accuracy >= 0.85
 
 
+@pytest.mark.slow
 def test_cross_validation_reports_mean_and_std(tmp_path):
     r = fit(ESC50, model="transfer", filters=["esc10=True", "category=dog", "category=rooster", "category=rain"],
             cv=4, epochs=40, quiet=True)
@@ -161,6 +162,7 @@ def test_auto_skips_the_cnn_when_too_few_clips_a_class():
     assert "too few for a CNN" in r.why and "15 training clips a class" in r.why, r.why
 
 
+@pytest.mark.slow
 def test_finetune_unfreezes_the_backbone(tmp_path):
     """One head epoch, then one fine-tuning epoch of the whole network; the better of the two on validation is
     kept (the backbone's weights moved exactly when the fine-tuned one won), and it exports like any other."""

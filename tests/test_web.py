@@ -164,6 +164,7 @@ def test_training_view_end_to_end(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "web_trained.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_training_view_keywords_without_recordings(page):
     """Train view with keywords and no archive: the page asks for a keyword model from synthetic voices alone (a
     JSON body), follows the job to success and classifies a real speaker's word with it. (The test trims the

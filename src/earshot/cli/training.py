@@ -38,7 +38,8 @@ def train(
                                                     help="Add synthetic spoken examples of each label's word "
                                                          "(espeak-ng, flite, festival; default: on for Speech "
                                                          "Commands layouts and with --words when one is "
-                                                         "installed).")] = None,
+                                                         "installed). auto then trains the CNN, the speech head "
+                                                         "and their average, no transfer head.")] = None,
     words: Annotated[str | None, typer.Option(help="Keywords, optionally with what to say: 'yes,no,sheila=shayla'; "
                                               "other labels become _unknown_.")] = None,
     synth_per_label: Annotated[int | None, typer.Option(min=1, help="Synthetic takes of each word (default: 5000 "

@@ -15,6 +15,8 @@ Families:
   transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
   few for a network from scratch); on speech-like clips the speech head and its average with the CNN
   (``cnn+speech``) too. The best on validation is kept (ties: `SPEECH_PREFERENCE`) and the card says why.
+  With synthetic voices asked for (``synthesize``), the labels are spoken words: no transfer head (frozen
+  AudioSet features do not carry words to new voices), only the CNN, the speech head and their average.
 
 Unreadable files are skipped (never silently): printed, counted and listed in the card's ``data`` summary.
 The card's ``metrics`` are computed on the validation split by the exported bundle on onnxruntime
@@ -131,7 +133,8 @@ def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | 
     added = additions.add(manifest, seed=seed, log=log, **adding)
     waves = Waves()
     feats = None
-    if model in ("auto", "transfer"):
+    spoken = model == "auto" and added.synthetic is not None  # --synthesize: each label is a word spoken
+    if model in ("auto", "transfer") and not spoken:
         feats, bad = transfer_features(manifest, backbone, log, skip=manifest.holdout_indices().tolist())
         skip_unreadable(manifest, bad, log)
     else:
@@ -142,7 +145,7 @@ def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | 
                "cv": cv, "seed": seed, "max_epochs": epochs, "finetune": finetune,
                "synthesize": added.synthetic is not None}
     common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
-              "log": log, "waves": waves, "input_norm": input_norm}
+              "log": log, "waves": waves, "input_norm": input_norm, "spoken": spoken}
     if not cv:
         tr, va = additions.split_real(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
         log(f"split: {len(tr)} train, {len(va)} validation", stage="split")
@@ -177,17 +180,23 @@ def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | 
 
 def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str, feats: np.ndarray | None,
              backbone: str, epochs: int | None, seed: int, finetune: bool, log: Log,
-             waves: Waves, input_norm: str = "none") -> tuple[list[Trained], Trained, str]:
-    """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
+             waves: Waves, input_norm: str = "none", spoken: bool = False) -> tuple[list[Trained], Trained, str]:
+    """Train the candidates `family` calls for on one split; returns (candidates, chosen, why). `spoken`: ``auto``
+    on labels known to be spoken words (synthetic voices asked for): the CNN, the speech head and their average,
+    no transfer head."""
     candidates: list[Trained] = []
     why = f"--model {family}"
     with_cnn = family in ("cnn", ENSEMBLE)
     with_speech = family in ("speech", ENSEMBLE)
     speech_like = False
-    if family in ("auto", "transfer"):
+    if family == "auto" and spoken:
+        speech_like = with_cnn = with_speech = True
+        why = ("auto: --synthesize (the labels are spoken words) → trained the CNN, the speech head and their "
+               "average; no transfer head")
+    elif family in ("auto", "transfer"):
         candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
                                          finetune=finetune, log=log))
-    if family == "auto":
+    if family == "auto" and not spoken:
         seen = np.concatenate([tr, va])  # clip lengths of the test fold play no part in the choice either
         median = float(np.median(feats[seen, -1])) if feats is not None and len(seen) else 0.0
         t_acc = candidates[0].val_accuracy
