@@ -194,7 +194,10 @@ def test_auto_choice_breaks_ties_by_domain():
     assert choose([transfer, cnn], speech_like=True) is cnn  # speech-like: the CNN on a tie
     assert choose([transfer, cnn], speech_like=False) is transfer  # otherwise the first
     better = cand("transfer", 1.0)
-    assert choose([better, cand("cnn", 0.99)], speech_like=True) is better  # accuracy first
+    assert choose([better, cand("cnn", 0.985)], speech_like=True) is better  # accuracy first beyond a point
+    both = cand("cnn+speech", 0.995)  # speech-like: a point or less behind the best is a tie
+    assert choose([transfer, cnn, cand("speech", 1.0), both], speech_like=True) is both
+    assert choose([cand("transfer", 0.995), cnn], speech_like=False) is cnn  # otherwise no margin
 
 
 def test_bad_model_family_is_rejected():
