@@ -134,8 +134,7 @@ def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | 
     added = additions.add(manifest, seed=seed, log=log, **adding)
     waves = Waves()
     feats = None
-    spoken = model == "auto" and added.synthetic is not None  # --synthesize: each label is a word spoken
-    if model in ("auto", "transfer") and not spoken:
+    if model == "transfer" or (model == "auto" and not spoken_words(model, manifest)):
         feats, bad = transfer_features(manifest, backbone, log, skip=manifest.holdout_indices().tolist())
         skip_unreadable(manifest, bad, log)
     else:
@@ -146,7 +145,7 @@ def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | 
                "cv": cv, "seed": seed, "max_epochs": epochs, "finetune": finetune,
                "synthesize": added.synthetic is not None}
     common = {"feats": feats, "backbone": backbone, "epochs": epochs, "seed": seed, "finetune": finetune,
-              "log": log, "waves": waves, "input_norm": input_norm, "spoken": spoken}
+              "log": log, "waves": waves, "input_norm": input_norm}
     if not cv:
         tr, va = additions.split_real(manifest, val_fold=val_fold, val_split=val_split, seed=seed)
         log(f"split: {len(tr)} train, {len(va)} validation", stage="split")
@@ -181,23 +180,22 @@ def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | 
 
 def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str, feats: np.ndarray | None,
              backbone: str, epochs: int | None, seed: int, finetune: bool, log: Log,
-             waves: Waves, input_norm: str = "none", spoken: bool = False) -> tuple[list[Trained], Trained, str]:
-    """Train the candidates `family` calls for on one split; returns (candidates, chosen, why). `spoken`: ``auto``
-    on labels known to be spoken words (synthetic voices asked for): the CNN, the speech head and their average,
-    no transfer head."""
+             waves: Waves, input_norm: str = "none") -> tuple[list[Trained], Trained, str]:
+    """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
     candidates: list[Trained] = []
     why = f"--model {family}"
     with_cnn = family in ("cnn", ENSEMBLE)
     with_speech = family in ("speech", ENSEMBLE)
     speech_like = False
-    if family == "auto" and spoken:
+    spoken = spoken_words(family, manifest)
+    if family == "transfer" or (family == "auto" and not spoken):
+        candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
+                                         finetune=finetune, log=log))
+    if spoken:
         speech_like = with_cnn = with_speech = True
         why = ("auto: --synthesize (the labels are spoken words) → trained the CNN, the speech head and their "
                "average; no transfer head")
-    elif family in ("auto", "transfer"):
-        candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
-                                         finetune=finetune, log=log))
-    if family == "auto" and not spoken:
+    elif family == "auto":
         seen = np.concatenate([tr, va])  # clip lengths of the test fold play no part in the choice either
         median = float(np.median(feats[seen, -1])) if feats is not None and len(seen) else 0.0
         t_acc = candidates[0].val_accuracy
@@ -208,10 +206,9 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         if speech_like:
             why = (f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN, "
                    "the speech head and their average too")
-            if not any("synthetic" in it.extra for it in manifest.items):
-                log("short, speech-like clips: if each label is the word spoken, --synthesize adds synthetic voices "
-                    "that carry the model to speakers it never heard (FSDD digits, a speaker held out: 0.876 → "
-                    "0.930 on average)", stage="hint")
+            log("short, speech-like clips: if each label is the word spoken, --synthesize adds synthetic voices "
+                "that carry the model to speakers it never heard (FSDD digits, a speaker held out: 0.876 → "
+                "0.930 on average)", stage="hint")
         elif t_acc >= AUTO_MIN_ACCURACY:
             why = f"auto: transfer validation accuracy {t_acc:.3f} >= {AUTO_MIN_ACCURACY} on clips of median " \
                   f"{median:.2f} s; no CNN needed"
@@ -243,6 +240,13 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
         why += f"; kept {chosen.family} (validation accuracy {scores})"
     return candidates, chosen, why
+
+
+def spoken_words(family: str, manifest: Manifest) -> bool:
+    """``auto`` on data with synthetic takes of each label's word (``synthesize``): the labels are spoken words, so
+    only the CNN, the speech head and their average are trained (frozen AudioSet features do not carry words to
+    new voices)."""
+    return family == "auto" and bool(additions.is_synthetic(manifest).any())
 
 
 def choose(candidates: Sequence[Trained], speech_like: bool) -> Trained:

@@ -19,6 +19,7 @@ from torch import nn
 from earshot import clips
 from earshot.models import speech
 from earshot.models.tagger import WaveformTagger
+from earshot.training.additions import is_synthetic
 from earshot.training.cnn import window_for
 from earshot.training.loop import Log, Trained, seed_all
 from earshot.training.manifest import Manifest
@@ -137,7 +138,7 @@ def head_clips(manifest: Manifest, tr: np.ndarray) -> tuple[np.ndarray, str]:
     synthetic ones as well learns cues that real speakers lack (FSDD, nicolas held out: 0.912 from his four
     peers' recordings alone, 0.874 with 5000 synthetic takes beside them). Few recordings (the Speech Commands
     sample's 8 a word) or none (a model from its words alone) keep every take."""
-    synthetic = np.array(["synthetic" in manifest.items[int(i)].extra for i in tr], dtype=bool)
+    synthetic = is_synthetic(manifest)[tr.astype(int)]
     if not synthetic.any():
         return tr, "none"
     recorded = int((~synthetic).sum())
