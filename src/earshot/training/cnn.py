@@ -26,6 +26,7 @@ from earshot.frontend import LOG_SCALE, SILENCE_LOGMEL, EfficientATMel
 from earshot.models.cnn import CNN_FRONTEND, CompactCNN
 from earshot.models.tagger import WaveformTagger
 from earshot.training import distributed
+from earshot.training.additions import is_synthetic
 from earshot.training.augment import MelAugment, cut_edges
 from earshot.training.keywords import WORDS_LAYOUT
 from earshot.training.loop import BestEpoch, Log, Trained, seed_all, skip_unreadable, training_device, unreadable_reason
@@ -233,7 +234,7 @@ def train_cnn(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[in
     net = net.to(dev, memory_format=torch.channels_last)
     model = distributed.wrap(net)  # several processes: each one's share of every batch, gradients averaged
     bs = 64
-    synthetic = torch.as_tensor(["synthetic" in manifest.items[int(i)].extra for i in tr], dtype=torch.bool)
+    synthetic = torch.as_tensor(is_synthetic(manifest)[tr.astype(int)])
     real_pos, synth_pos = torch.nonzero(~synthetic).flatten(), torch.nonzero(synthetic).flatten()
     n_epochs = epochs or (SYNTH_EPOCHS if len(synth_pos) else EPOCHS)
     # synthetic takes drawn afresh each epoch, SYNTH_PER_REAL x the real clips (at least SYNTH_MIN_PER_EPOCH)

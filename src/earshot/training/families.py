@@ -134,7 +134,7 @@ def _fit(data: str | Path | None, *, model: str, backbone: str, val_fold: str | 
     added = additions.add(manifest, seed=seed, log=log, **adding)
     waves = Waves()
     feats = None
-    if model == "transfer" or (model == "auto" and not spoken_words(model, manifest)):
+    if trains_transfer(model, manifest):
         feats, bad = transfer_features(manifest, backbone, log, skip=manifest.holdout_indices().tolist())
         skip_unreadable(manifest, bad, log)
     else:
@@ -188,7 +188,7 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
     with_speech = family in ("speech", ENSEMBLE)
     speech_like = False
     spoken = spoken_words(family, manifest)
-    if family == "transfer" or (family == "auto" and not spoken):
+    if trains_transfer(family, manifest):
         candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
                                          finetune=finetune, log=log))
     if spoken:
@@ -247,6 +247,12 @@ def spoken_words(family: str, manifest: Manifest) -> bool:
     only the CNN, the speech head and their average are trained (frozen AudioSet features do not carry words to
     new voices)."""
     return family == "auto" and bool(additions.is_synthetic(manifest).any())
+
+
+def trains_transfer(family: str, manifest: Manifest) -> bool:
+    """Whether `family` trains the transfer head (and so needs the backbone's features): ``transfer``, and ``auto``
+    unless the labels are spoken words (`spoken_words`)."""
+    return family in ("auto", "transfer") and not spoken_words(family, manifest)
 
 
 def choose(candidates: Sequence[Trained], speech_like: bool) -> Trained:
