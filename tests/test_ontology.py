@@ -218,16 +218,15 @@ def test_models_labels_filter_and_tree():
 
 def test_rest_predict_takes_links_and_class_filters(tmp_path):
     """`/v1/predict?links=true&classes=Animal` answers like the CLI: links, descriptions, parents, filtered labels;
-    an unknown class is a 400 with suggestions."""
-    from fastapi.testclient import TestClient
+    an unknown class is a 400 with suggestions. A real server process on 127.0.0.1."""
+    import httpx
+    from apiserver import server_process
 
     from earshot.ontology import load
-    from earshot.serve import create_app
-    from earshot.serve.settings import Settings
 
     animal = load().subtree("Animal")
-    with TestClient(create_app(Settings.from_env({}, state_dir=tmp_path / "state"))) as client:
-        body = esc50_clip("dog").read_bytes()
+    body = esc50_clip("dog").read_bytes()
+    with server_process(tmp_path) as (base, _), httpx.Client(base_url=base, timeout=60) as client:
         r = client.post("/v1/predict?links=true&classes=Animal&top_k=3", content=body)
         assert r.status_code == 200, r.text
         p = r.json()
