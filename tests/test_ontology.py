@@ -10,9 +10,11 @@ import os
 import subprocess
 import sys
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from apiserver import server_process
 from conftest import DATA, esc50_clip
 
 from earshot import ontology, ranking
@@ -219,12 +221,7 @@ def test_models_labels_filter_and_tree():
 def test_rest_predict_takes_links_and_class_filters(tmp_path):
     """`/v1/predict?links=true&classes=Animal` answers like the CLI: links, descriptions, parents, filtered labels;
     an unknown class is a 400 with suggestions. A real server process on 127.0.0.1."""
-    import httpx
-    from apiserver import server_process
-
-    from earshot.ontology import load
-
-    animal = load().subtree("Animal")
+    animal = ontology.load().subtree("Animal")
     body = esc50_clip("dog").read_bytes()
     with server_process(tmp_path) as (base, _), httpx.Client(base_url=base, timeout=60) as client:
         r = client.post("/v1/predict?links=true&classes=Animal&top_k=3", content=body)
