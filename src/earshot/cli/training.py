@@ -31,7 +31,9 @@ def train(
     filter_: Annotated[list[str] | None, typer.Option("--filter", help="COL=VALUE on manifest columns.")] = None,
     label_regex: Annotated[str | None, typer.Option(help="Label = first group of this regex on file names.")] = None,
     group_regex: Annotated[str | None, typer.Option(help="Group (speaker, recording) kept on one side.")] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most training epochs (default: each family's own; the CNN "
+                                               "trains 30, or 20 when synthetic takes are added; heads stop "
+                                               "early).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     finetune: Annotated[bool, typer.Option(help="Unfreeze the backbone at a low learning rate.")] = False,
     synthesize: Annotated[bool | None, typer.Option("--synthesize/--no-synthesize",
