@@ -217,7 +217,7 @@ def main() -> None:
     proc = start_server(args.model, args.port, pinned, ort_threads="1", workers="1", max_streams="500")
     if pinned is not None:
         os.sched_setaffinity(0, {1})
-    url = f"ws://127.0.0.1:{args.port}/v1/stream?rate={RATE}&format=s16le&window=1&hop={HOP}&model={args.model}"
+    url = f"ws://127.0.0.1:{args.port}/v1/stream?rate={RATE}&format=s16le&window=1&hop={HOP}"  # the served model
     try:
         lags, errors = [], []
         asyncio.run(ws_stream(url, pcm, lags, errors))

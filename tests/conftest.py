@@ -47,6 +47,20 @@ def fsdd_take(speaker: str, digit: int, index: int) -> Path:
     return DATA / "fsdd" / "recordings" / f"{digit}_{speaker}_{index}.wav"
 
 
+def fsdd_digits_csv(tmp_path: Path, takes: int, digits: tuple[int, ...]) -> str:
+    """A CSV of FSDD takes (the first `takes` of each of `digits`) with fold and group = speaker: george, jackson
+    and theo to train, nicolas to validate, lucas to hold out."""
+    path = tmp_path / "digits.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold", "group"])
+        for speaker in ("george", "jackson", "theo", "nicolas", "lucas"):
+            for digit in digits:
+                for index in range(takes):
+                    w.writerow([fsdd_take(speaker, digit, index), digit, speaker, speaker])
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory):
     """A spotter of four digits: 4 speakers (30 takes of each) train, theo validates, plus a _silence_ class.

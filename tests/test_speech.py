@@ -3,7 +3,6 @@ FSDD speakers held out of training."""
 
 from __future__ import annotations
 
-import csv
 import json
 import zipfile
 
@@ -13,7 +12,7 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from conftest import fsdd_take, need_engine
+from conftest import fsdd_digits_csv, fsdd_take, need_engine
 
 from earshot.classifier import Classifier
 from earshot.models import speech
@@ -83,21 +82,13 @@ def test_synthetic_takes_join_the_head_only_when_recordings_are_few():
 
 
 def _digits(tmp_path, takes: int) -> str:
-    """FSDD digits: george, jackson and theo train, nicolas validates, lucas is the test fold."""
-    path = tmp_path / "digits.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "fold", "group"])
-        for speaker in ("george", "jackson", "theo", "nicolas", "lucas"):
-            for digit in DIGITS:
-                for index in range(takes):
-                    w.writerow([fsdd_take(speaker, digit, index), digit, speaker, speaker])
-    return str(path)
+    return fsdd_digits_csv(tmp_path, takes, DIGITS)
 
 
 def test_auto_with_synthetic_voices_trains_only_the_word_families(tmp_path):
     """auto with --synthesize: the labels are spoken words, so neither the transfer head nor its AudioSet features
-    are computed; the CNN, the speech head and their average are trained, and the reason says so."""
+    are computed; the CNN, the speech head and their average are trained, and the reason says so. Nine recordings
+    a digit are too few for the word head, which is left out."""
     need_engine("espeak-ng")
     r = fit(_digits(tmp_path, 3), model="auto", val_fold="nicolas", test_fold="lucas", epochs=1, synthesize=True,
             synth_per_label=2, quiet=True)

@@ -71,7 +71,7 @@ class _Inputs:
 # pretrained backbone under a trained head, or the pretrained tagger itself) re-estimating the backbone's statistics
 # moves the features the head or the label set was fitted to: measured, UrbanSound8K fold 1 -> 2 with the transfer
 # head 0.807 -> 0.600, and mn04-as zero-shot on ESC-10 0.9625 -> 0.934 (README).
-ADAPTABLE_FAMILIES = ("cnn", "cnn+speech")  # the CNN's statistics; the speech embedding has none
+ADAPTABLE_FAMILIES = ("cnn", "cnn+speech", "cnn+speech+word")  # the CNN's statistics; the embeddings have none
 
 
 def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], out: str | os.PathLike, *,

@@ -19,7 +19,9 @@ def train(
                                                "layout... Left out with --words: a keyword model from synthetic "
                                                "voices alone.")] = None,
     model: Annotated[str, typer.Option(help="auto, transfer, cnn, speech (a head on a speech embedding "
-                                              "pretrained on many real voices) or cnn+speech (their average).")
+                                              "pretrained on many real voices), word (a head on a spoken-word "
+                                              "embedding; 50+ recordings a label), cnn+speech or cnn+speech+word "
+                                              "(averages).")
                      ] = "auto",
     backbone: Annotated[str, typer.Option(help="Pretrained backbone for transfer.")] = "mn04-as",
     val_fold: Annotated[str | None, typer.Option(help="Official fold used for validation.")] = None,

@@ -11,12 +11,15 @@ Families:
   ``input_norm="utterance"`` adds per-window mean and variance normalisation (`cnn.UtteranceNorm`).
 - ``speech`` (`earshot.training.speech`): an MLP head on Google's speech embedding, pretrained on many real
   voices (frozen), pooled over time: spoken words from speakers the data never had.
+- ``word`` (`earshot.training.words`): an MLP head on EfficientWord-Net's word embedding (a ResNet-50 trained to
+  tell spoken words apart across many real voices, frozen), for data with at least 50 recordings a label.
+- ``cnn+speech``, ``cnn+speech+word``: the CNN and the heads averaged (mean of class probabilities), one graph.
 - ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like), or when
   transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
-  few for a network from scratch); on speech-like clips the speech head and its average with the CNN
-  (``cnn+speech``) too. The best on validation is kept (ties: `SPEECH_PREFERENCE`) and the card says why.
-  With synthetic voices asked for (``synthesize``), the labels are spoken words: no transfer head (frozen
-  AudioSet features do not carry words to new voices), only the CNN, the speech head and their average.
+  few for a network from scratch); on speech-like clips the speech and word heads and their averages with the
+  CNN too. The best on validation is kept (ties: `SPEECH_PREFERENCE`) and the card says why. With synthetic
+  voices asked for (``synthesize``), the labels are spoken words: no transfer head (frozen AudioSet features do
+  not carry words to new voices), only the CNN, the heads and their averages.
 
 Unreadable files are skipped (never silently): printed, counted and listed in the card's ``data`` summary.
 The card's ``metrics`` are computed on the validation split by the exported bundle on onnxruntime
@@ -49,14 +52,16 @@ from earshot.training.features import transfer_features
 from earshot.training.loading import load_manifest
 from earshot.training.loop import Log, Progress, Trained, skip_unreadable, torch_settings
 from earshot.training.manifest import Manifest
-from earshot.training.speech import ENSEMBLE, averaged, train_speech
+from earshot.training.speech import ENSEMBLE, RECORDED_PER_LABEL, averaged, train_speech
 from earshot.training.splits import hold_out
 from earshot.training.transfer import train_transfer
+from earshot.training.words import train_word
 
-FAMILIES = ("auto", "transfer", "cnn", "speech", ENSEMBLE)
+ENSEMBLE3 = "cnn+speech+word"  # the CNN, the speech head and the word head averaged
+FAMILIES = ("auto", "transfer", "cnn", "speech", "word", ENSEMBLE, ENSEMBLE3)
 AUTO_MIN_ACCURACY = 0.95  # auto: below this transfer validation accuracy, try the CNN too
 SPEECH_LIKE_SECONDS = 2.0  # auto: median clip shorter than this → try the CNN too
-SPEECH_PREFERENCE = ("transfer", "cnn", "speech", ENSEMBLE)  # ties on speech-like clips: the last wins
+SPEECH_PREFERENCE = ("transfer", "cnn", "speech", "word", ENSEMBLE, ENSEMBLE3)  # ties on speech-like clips: last wins
 SPEECH_TIE = 0.01  # speech-like clips: validation accuracies this close to the best count as a tie
 AUTO_CNN_MIN_PER_CLASS = 100  # auto, longer clips: a CNN from scratch only with this many training clips a class
 
@@ -184,17 +189,18 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
     """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
     candidates: list[Trained] = []
     why = f"--model {family}"
-    with_cnn = family in ("cnn", ENSEMBLE)
-    with_speech = family in ("speech", ENSEMBLE)
+    with_cnn = family in ("cnn", ENSEMBLE, ENSEMBLE3)
+    with_speech = family in ("speech", ENSEMBLE, ENSEMBLE3)
+    with_word = family in ("word", ENSEMBLE3)
     speech_like = False
     spoken = spoken_words(family, manifest)
     if trains_transfer(family, manifest):
         candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
                                          finetune=finetune, log=log))
     if spoken:
-        speech_like = with_cnn = with_speech = True
-        why = ("auto: --synthesize (the labels are spoken words) → trained the CNN, the speech head and their "
-               "average; no transfer head")
+        speech_like = with_cnn = with_speech = with_word = True
+        why = ("auto: --synthesize (the labels are spoken words) → trained the CNN, the speech and word heads and "
+               "their averages; no transfer head")
     elif family == "auto":
         seen = np.concatenate([tr, va])  # clip lengths of the test fold play no part in the choice either
         median = float(np.median(feats[seen, -1])) if feats is not None and len(seen) else 0.0
@@ -202,10 +208,10 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         per_class = len(tr) / max(1, len(manifest.labels))
         speech_like = median < SPEECH_LIKE_SECONDS
         with_cnn = speech_like or (t_acc < AUTO_MIN_ACCURACY and per_class >= AUTO_CNN_MIN_PER_CLASS)
-        with_speech = speech_like
+        with_speech = with_word = speech_like
         if speech_like:
             why = (f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN, "
-                   "the speech head and their average too")
+                   "the speech and word heads and their averages too")
             log("short, speech-like clips: if each label is the word spoken, --synthesize adds synthetic voices "
                 "that carry the model to speakers it never heard (FSDD digits, a speaker held out: 0.876 → "
                 "0.930 on average)", stage="hint")
@@ -224,18 +230,26 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         if waves.band_rate is not None:
             cnn.config["synthetic_band_rate"] = waves.band_rate
         candidates.append(cnn)
-    if with_speech:
+    heads: list[Trained] = []
+    if with_speech or with_word:
         decoded = waves.get(manifest, np.concatenate([tr, va]), log)
-        window = cnn.window_seconds if with_cnn else None  # the average is served over the CNN's window
-        candidates.append(train_speech(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log,
-                                       window=window))
-    if with_cnn and with_speech:
-        both = averaged(cnn, candidates[-1])
-        both.val_accuracy = candidate_metrics(both, manifest, va)["accuracy"]
-        log(f"cnn+speech: val_acc {both.val_accuracy:.4f}", stage="trained", family=ENSEMBLE,
-            val_acc=both.val_accuracy)
-        candidates.append(both)
-    chosen = candidates[-1] if family == ENSEMBLE else choose(candidates, speech_like)
+        window = cnn.window_seconds if with_cnn else None  # the averages are served over the CNN's window
+        for train_head in ([train_speech] if with_speech else []) + ([train_word] if with_word else []):
+            head = train_head(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log, window=window)
+            if head is not None:
+                heads.append(head)
+                candidates.append(head)
+    if with_cnn and heads:
+        for members in ([heads[:1]] if with_speech else []) + ([heads] if len(heads) > 1 else []):
+            both = averaged(cnn, *members)
+            both.val_accuracy = candidate_metrics(both, manifest, va)["accuracy"]
+            log(f"{both.family}: val_acc {both.val_accuracy:.4f}", stage="trained", family=both.family,
+                val_acc=both.val_accuracy)
+            candidates.append(both)
+    if family in ("word", ENSEMBLE3) and not any(c.family == family for c in candidates):
+        raise DataError(f"--model {family} needs at least {RECORDED_PER_LABEL} recordings a label for the word "
+                        "embedding's head; use --model cnn+speech", reason="too_few")
+    chosen = candidates[-1] if family in (ENSEMBLE, ENSEMBLE3) else choose(candidates, speech_like)
     if len(candidates) > 1:
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
         why += f"; kept {chosen.family} (validation accuracy {scores})"
@@ -244,8 +258,8 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
 
 def spoken_words(family: str, manifest: Manifest) -> bool:
     """``auto`` on data with synthetic takes of each label's word (``synthesize``): the labels are spoken words, so
-    only the CNN, the speech head and their average are trained (frozen AudioSet features do not carry words to
-    new voices)."""
+    only the CNN, the speech and word heads and their averages are trained (frozen AudioSet features do not carry
+    words to new voices)."""
     return family == "auto" and bool(additions.is_synthetic(manifest).any())
 
 

@@ -26,7 +26,7 @@ from earshot.serve.settings import Settings
 from earshot.serve.store import valid_name
 
 # the training families (earshot.training.FAMILIES, not imported here: serving never imports torch)
-TRAIN_FAMILIES = ("auto", "transfer", "cnn", "speech", "cnn+speech")
+TRAIN_FAMILIES = ("auto", "transfer", "cnn", "speech", "word", "cnn+speech", "cnn+speech+word")
 
 TRAIN_BODY = {
     "content": {
