@@ -93,8 +93,10 @@ def pooled_features(model: WaveformTagger, waves: list[np.ndarray], min_seconds:
     """[n, d] embeddings of each clip as served (the speech embedding pooled: 192): the clip-length policy's
     windows (`clips.clip_frames`), their features averaged over windows. Windows of one length from several clips
     share a batch: the word embedding's network runs twice as fast a window in batches of 32."""
-    if not waves:
-        return np.zeros((0, 0), dtype=np.float32)
+    if not waves:  # no clips (an empty split): no rows, but the backbone's width, as before batching
+        with torch.no_grad():
+            width = model(torch.zeros(1, int(max(min_seconds, 1.0) * SAMPLE_RATE)))[1].shape[1]
+        return np.zeros((0, width), dtype=np.float32)
     sums: list[np.ndarray] = [np.zeros(0)] * len(waves)
     counts = np.zeros(len(waves), dtype=np.int64)
     pending: dict[int, list[tuple[int, np.ndarray]]] = {}  # windows waiting, by length
