@@ -7,13 +7,16 @@ import json
 import zipfile
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import soundfile as sf
 import soxr
 import torch
 from conftest import fsdd_digits_csv, fsdd_take, need_engine
+from onnx import numpy_helper
 
+from earshot.adaptation import adapt
 from earshot.classifier import Classifier
 from earshot.models import speech
 from earshot.training import fit, train
@@ -120,6 +123,24 @@ def test_speech_head_hears_a_speaker_it_never_had(tmp_path):
     end_padded, middle = np.pad(take, (0, gap)), np.pad(take, (gap // 2, gap - gap // 2))
     a, b = clf.run(np.stack([end_padded, middle]))[0]
     assert np.allclose(a, b, atol=1e-5)  # the exported graph centres a short clip itself
+
+    # `earshot adapt` moves the head's input standardisation, the graph's one normalisation layer, to the mean and
+    # variance of the embeddings the bundle gives a voice it never trained on (lucas, the test fold; takes outside
+    # every fold), every weight unchanged
+    files = [fsdd_take("lucas", d, i) for d in DIGITS for i in range(30, 36)]
+    out = adapt(bundle, files, tmp_path / "speech-lucas")
+    info = json.loads((out / "card.json").read_text())["adaptation"]
+    assert info["layers"] == 1 and info["files"] == len(files)
+    emb = np.concatenate([clf.run(clf.clip_inputs(clf.decode(f)), ("embedding",))[0] for f in files]).astype(float)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    (node,) = [n for n in graph.node if n.op_type == "BatchNormalization"]
+    assert node.input[3] == "head.mean"
+    assert np.allclose(inits[node.input[3]], emb.mean(axis=0), atol=1e-4)
+    assert np.allclose(inits[node.input[4]], emb.var(axis=0), rtol=1e-3, atol=1e-6)
+    adapted = Classifier.load(out)
+    assert not np.allclose(adapted.clip_scores(take), clf.clip_scores(take), atol=1e-4)
+    assert adapted.predict(fsdd_take("lucas", 9, 47)).labels[0] == "9"
 
 
 @pytest.mark.slow

@@ -137,7 +137,10 @@ def test_cnn_speech_and_word_heads_average_in_one_bundle(tmp_path):
     assert abs(float(scores.sum()) - 1.0) < 1e-4
     graph = onnx.load(str(bundle / "model.onnx")).graph
     stats = [n.input[3] for n in graph.node if n.op_type == "BatchNormalization"]  # running means, by parameter
-    assert stats and all(name.startswith("members.0.") for name in stats), stats  # members.0: the CNN
+    # the CNN's (members.0) and the two heads' input standardisation, which `earshot adapt` re-estimates: the word
+    # network's own normalisation is fixed multiply-adds, so adapting never moves the embedding
+    heads = [name for name in stats if not name.startswith("members.0.")]
+    assert len(stats) > 2 and heads == ["members.1.head.mean", "members.2.head.mean"], stats
 
 
 def test_word_family_needs_recordings_enough(tmp_path):

@@ -6,6 +6,11 @@ the new domain's audio, every weight unchanged, recovers part of what the shift 
 and Liu, "Adaptive batch normalization for practical domain adaptation", Pattern Recognition 2018). No labels are
 needed, only audio of the domain: a few minutes of a speaker, a device or a site.
 
+A head trained on a frozen embedding (the speech and word members) standardises its input with the training
+features' mean and variance, exported as a normalisation layer too (`earshot.models.heads.EmbeddingHead`), so it is
+re-estimated the same way: the new voice's embeddings are moved back to where the head learned them. On FSDD's
+unseen speakers this is worth more than the CNN's statistics (README: earshot adapt).
+
 `adapt` works on the ONNX graph alone (the `onnx` package, no torch). Layers are re-estimated one at a time in
 graph order, each on the outputs of the layers already adapted, over every model input the clip-length policy
 (`earshot.clips`) makes of the recordings, exactly as `Classifier.predict` would feed them. `strength` blends the
@@ -67,11 +72,12 @@ class _Inputs:
                 yield np.stack(rows[i : i + per])
 
 
-# Families whose every normalisation layer was trained with the rest of the network. In the others (a frozen
-# pretrained backbone under a trained head, or the pretrained tagger itself) re-estimating the backbone's statistics
-# moves the features the head or the label set was fitted to: measured, UrbanSound8K fold 1 -> 2 with the transfer
-# head 0.807 -> 0.600, and mn04-as zero-shot on ESC-10 0.9625 -> 0.934 (README).
-ADAPTABLE_FAMILIES = ("cnn", "cnn+speech", "cnn+speech+word")  # the CNN's statistics; the embeddings have none
+# Families whose every normalisation layer was fitted with the rest of the model: the CNN's batch normalisation and
+# the input standardisation of heads on the speech and word embeddings, which themselves have no statistics. In
+# the others (the transfer head on the pretrained tagger's backbone, or the tagger itself) re-estimating the
+# backbone's statistics moves the features the head or the label set was fitted to: measured, UrbanSound8K fold
+# 1 -> 2 with the transfer head 0.807 -> 0.600, and mn04-as zero-shot on ESC-10 0.9625 -> 0.934 (README).
+ADAPTABLE_FAMILIES = ("cnn", "speech", "word", "cnn+speech", "cnn+speech+word")
 
 
 def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], out: str | os.PathLike, *,

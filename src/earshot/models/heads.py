@@ -9,13 +9,19 @@ from earshot.frontend import SILENCE_LOGMEL
 
 
 class EmbeddingHead(nn.Module):
-    """Standardise (training-set mean/std, stored as buffers) → dropout → [linear → ReLU → dropout] → linear."""
+    """Standardise (training-set mean/std, stored as buffers) → dropout → [linear → ReLU → dropout] → linear.
+
+    The standardisation is a batch-normalisation node in the exported graph (statistics = the training features'
+    mean and variance, no affine), so `earshot adapt` re-estimates it on a new domain's features like any other
+    normalisation layer: the embeddings of a voice never heard are re-centred where the head expects them. The
+    small epsilon keeps a feature that is constant in the new domain at zero instead of dividing by zero.
+    """
 
     def __init__(self, dim: int, num_classes: int, *, hidden: int = 0, dropout: float = 0.5,
                  mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.float().clone())
-        self.register_buffer("std", torch.ones(dim) if std is None else std.float().clamp_min(1e-4).clone())
+        self.register_buffer("var", torch.ones(dim) if std is None else std.float().clamp_min(1e-4).square())
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         if hidden:
             layers += [nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout)]
@@ -23,7 +29,7 @@ class EmbeddingHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(nn.functional.batch_norm(x, self.mean, self.var, training=False, eps=1e-8))
 
 
 class CropPooledFeatures(nn.Module):
