@@ -9,7 +9,7 @@ from earshot.frontend import SILENCE_LOGMEL
 
 
 class EmbeddingHead(nn.Module):
-    """Standardise (training-set mean/std, stored as buffers) → dropout → [linear → ReLU → dropout] → linear.
+    """Standardise (training-set mean and variance, stored as buffers) → dropout → [linear → ReLU → dropout] → linear.
 
     The standardisation is a batch-normalisation node in the exported graph (statistics = the training features'
     mean and variance, no affine), so `earshot adapt` re-estimates it on a new domain's features like any other
