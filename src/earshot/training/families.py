@@ -240,9 +240,13 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
                 heads.append(head)
                 candidates.append(head)
     if with_cnn and heads:
+        # each member's clip scores once over the CNN's windows; an average's are their mean, as its graph computes
+        # (the mean of window scores, then over windows: both linear), so no member runs twice
+        y_true, scores = clip_scores(cnn, manifest, va, [cnn.model, *(h.model for h in heads)])
         for members in ([heads[:1]] if with_speech else []) + ([heads] if len(heads) > 1 else []):
             both = averaged(cnn, *members)
-            both.val_accuracy = candidate_metrics(both, manifest, va)["accuracy"]
+            y_pred = np.mean(scores[: 1 + len(members)], axis=0).argmax(axis=1)
+            both.val_accuracy = metrics_for(y_true, [int(k) for k in y_pred], manifest.labels)["accuracy"]
             log(f"{both.family}: val_acc {both.val_accuracy:.4f}", stage="trained", family=both.family,
                 val_acc=both.val_accuracy)
             candidates.append(both)
@@ -285,9 +289,19 @@ def choose(candidates: Sequence[Trained], speech_like: bool) -> Trained:
 def candidate_metrics(trained: Trained, manifest: Manifest, va: np.ndarray) -> dict[str, Any]:
     """Validation metrics of an in-memory candidate: the torch model on each clip's inputs under the clip-length
     policy (`earshot.clips`), window scores aggregated as served; unreadable clips are left out."""
-    labels = manifest.labels
-    model = trained.model.eval()
-    y_true, y_pred = [], []
+    y_true, (scores,) = clip_scores(trained, manifest, va, [trained.model])
+    return metrics_for(y_true, [int(k) for k in scores.argmax(axis=1)], manifest.labels)
+
+
+def clip_scores(trained: Trained, manifest: Manifest, va: np.ndarray,
+                models: Sequence[torch.nn.Module]) -> tuple[list[int], list[np.ndarray]]:
+    """The label index of each readable clip of `va` and, for each of `models`, its clip scores [clips, labels]:
+    each clip decoded once at `trained`'s rate, cut into `trained`'s windows, and every model's window scores
+    aggregated as served (single-label: their mean)."""
+    y_true: list[int] = []
+    rows: list[list[np.ndarray]] = [[] for _ in models]
+    for model in models:
+        model.eval()
     with torch.no_grad():
         for i in va:
             it = manifest.items[int(i)]
@@ -295,11 +309,13 @@ def candidate_metrics(trained: Trained, manifest: Manifest, va: np.ndarray) -> d
                 y = audio.decode(it.source, trained.sample_rate, name=str(it.path))
             except AudioError:
                 continue
-            frames = clips.clip_frames(y, trained.sample_rate, trained.window_seconds, trained.min_seconds)
-            rows = model(torch.as_tensor(frames, dtype=torch.float32))[0].numpy()
-            y_true.append(labels.index(it.label))
-            y_pred.append(int(clips.aggregate(rows, model.multi_label).argmax()))
-    return metrics_for(y_true, y_pred, labels)
+            frames = torch.as_tensor(clips.clip_frames(y, trained.sample_rate, trained.window_seconds,
+                                                       trained.min_seconds), dtype=torch.float32)
+            y_true.append(manifest.labels.index(it.label))
+            for model, out in zip(models, rows, strict=True):
+                out.append(clips.aggregate(model(frames)[0].numpy(), model.multi_label))
+    width = len(manifest.labels)
+    return y_true, [np.stack(r) if r else np.zeros((0, width), dtype=np.float32) for r in rows]
 
 
 def train(
