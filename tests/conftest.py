@@ -1,13 +1,18 @@
-"""Shared test fixtures: real data from ../shared, one model cache per checkout."""
+"""Shared test fixtures: real data from ../shared, one model cache per checkout, the dog clip in every format, and
+Debian's chromium with a served site for the browser tests."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
+import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EARSHOT_SHARED", ROOT.parent / "shared")).resolve()
@@ -18,6 +23,13 @@ REFERENCE = SHARED / "reference"
 # Tests never reach a model hub: weights come from the shared mirror, bundles are built once per checkout.
 os.environ.setdefault("EARSHOT_MODEL_MIRROR", str(WEIGHTS))
 os.environ.setdefault("EARSHOT_HOME", str(ROOT / ".cache" / "earshot"))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def esc50_clip(category: str, index: int = 0) -> Path:
@@ -91,3 +103,144 @@ def need_engine(engine: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"speech synthesiser {engine} is not installed (.ci/run installs it)")
     pytest.skip(f"speech synthesiser {engine} is not installed")
+
+
+@pytest.fixture(scope="session")
+def dog() -> Path:
+    return esc50_clip("dog")
+
+
+@pytest.fixture(scope="session")
+def dog_y(dog) -> np.ndarray:
+    return sf.read(dog, dtype="float32")[0]
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory, dog, dog_y) -> dict[str, Path]:
+    """The dog clip re-encoded into every format we claim to read, written at test time."""
+    from audiofiles import av_encode  # PyAV, the media extra: only the tests that read these formats need it
+
+    d = tmp_path_factory.mktemp("media")
+    out = {}
+    for ext, fmt, subtype in [
+        ("flac", "FLAC", "PCM_16"),
+        ("ogg", "OGG", "VORBIS"),
+        ("opus", "OGG", "OPUS"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ]:
+        out[ext] = d / f"dog.{ext}"
+        sf.write(out[ext], dog_y, 16000, format=fmt, subtype=subtype)
+    out["m4a"] = av_encode(dog_y, 16000, d / "dog.m4a", "ipod", "aac")
+    out["aac"] = av_encode(dog_y, 16000, d / "dog.aac", "adts", "aac")
+    out["webm"] = av_encode(dog_y, 16000, d / "dog.webm", "webm", "libopus", rate=48000)
+    out["mp4"] = av_encode(dog_y, 16000, d / "dog.mp4", "mp4", "aac")
+    return out
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    """Playwright's driver. Missing (or no chromium), it skips the browser tests, except under CI (`CI` set) where
+    it fails them."""
+    from chromium import missing_browser
+
+    missing = missing_browser()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"browser tests cannot run in CI: {missing}", pytrace=False)
+    if missing:
+        pytest.skip(missing)
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    """Chromium under Playwright."""
+    from chromium import ARGS, CHROMIUM
+
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A server (in a thread) with the default model and two sample clips; yields its base URL."""
+    from apiserver import running_server
+
+    root = tmp_path_factory.mktemp("web")
+    samples = root / "samples"
+    samples.mkdir()
+    for cat in ("rooster", "church_bells"):
+        shutil.copy(esc50_clip(cat), samples / f"{cat}.wav")
+    with running_server(root, samples_dir=samples) as base:
+        yield base
+
+
+@pytest.fixture
+def page(browser, site):
+    """The site's page, loaded with its models listed; fails the test if the page reached anything off the site."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(20_000)
+    requests_out = []
+    pg.on("request", lambda r: requests_out.append(r.url))
+    pg.goto(site)
+    pg.wait_for_function("document.querySelectorAll('#model-select option').length > 0")
+    yield pg
+    assert all(u.startswith((site, "data:", "blob:")) for u in requests_out), "page reached off-site"
+    ctx.close()
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """A fresh moto S3 server with bucket `earshot` (credentials and endpoint exported to the environment)."""
+    from s3server import S3_ENV, MotoServer
+
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, v)
+    srv = MotoServer(log=tmp_path / "moto.log").start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", srv.url)
+    srv.client().create_bucket(Bucket="earshot")
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def esc10():
+    """ESC-50's ESC-10 subset as a manifest."""
+    from shareddata import ESC50
+
+    from earshot.training import load_manifest
+
+    return load_manifest(ESC50, filters=["esc10=True"])
+
+
+@pytest.fixture(scope="module")
+def us8k():
+    """The UrbanSound8K subset as a manifest (its official folds)."""
+    from shareddata import US8K
+
+    from earshot.training import load_manifest
+
+    return load_manifest(US8K)
+
+
+@pytest.fixture(scope="module")
+def fsdd():
+    """FSDD as a manifest: the digit from the file name, the speaker as the group."""
+    from shareddata import FSDD, FSDD_GROUP, FSDD_LABEL
+
+    from earshot.training import load_manifest
+
+    return load_manifest(FSDD, label_regex=FSDD_LABEL, group_regex=FSDD_GROUP)
+
+
+@pytest.fixture(scope="session")
+def corpus200(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """200 files of `corpus.build_corpus` (real clips, awkward keys, bad files) and their kinds."""
+    from corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("corpus200")
+    return root, build_corpus(root, 200)

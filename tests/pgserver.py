@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3server import free_port
+from conftest import free_port
 
 
 def pg_bin() -> Path | None:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from s3server import free_port
+from conftest import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -17,11 +17,10 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-import soundfile as sf
 from apiserver import server_process
+from audiofiles import thin_microphone
 from conftest import esc50_clip, fsdd_take
 from onnx import numpy_helper
-from s3server import s3_fixture  # noqa: F401 - the `s3` fixture
 
 from earshot import audio, clips
 from earshot.adaptation import adapt
@@ -34,14 +33,6 @@ def _batchnorm_stats(bundle, graph: str = "model.onnx") -> list[tuple[np.ndarray
     model = onnx.load(str(bundle / graph))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     return [(inits[n.input[3]], inits[n.input[4]]) for n in model.graph.node if n.op_type == "BatchNormalization"]
-
-
-def thin_microphone(src, dest) -> None:
-    """A recording chain the model never heard: +6 dB an octave (a small capsule), 35 dB quieter."""
-    y, sr = sf.read(src, dtype="float32")
-    f = np.fft.rfftfreq(len(y), 1 / sr)
-    y = np.fft.irfft(np.fft.rfft(y) * np.clip(f / 1000.0, 0.05, 4.0), len(y))
-    sf.write(dest, (y / np.sqrt(np.mean(y ** 2)) * 10 ** (-35 / 20)).astype(np.float32), sr)
 
 
 @pytest.fixture(scope="module")

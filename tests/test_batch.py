@@ -10,12 +10,7 @@ import sys
 import time
 
 import pytest
-from s3server import (
-    build_corpus,
-    local_results,
-    s3_fixture,  # noqa: F401  (provides the `s3` fixture)
-    upload_folder,
-)
+from corpus import build_corpus, local_results, upload_folder
 
 from earshot.batch import RAY_HINT, batch
 from earshot.pipeline.ledger import SQLiteLedger

@@ -1,4 +1,4 @@
-"""Manifests from every supported layout (on the real shared data sets) and leakage-free splits."""
+"""Manifests from every supported layout, on the real shared data sets, and clear errors for bad ones."""
 
 from __future__ import annotations
 
@@ -7,53 +7,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import DATA
+from shareddata import ESC50, FSDD, FSDD_GROUP, FSDD_LABEL, SPEECH, check_partition, groups_of
 
 from earshot.audio import EXTENSIONS as AUDIO_EXTENSIONS
 from earshot.errors import DataError
 from earshot.training import Manifest, cv_folds, load_manifest, split
-
-ESC50 = DATA / "esc50"
-US8K = DATA / "urbansound8k_subset"
-SPEECH = DATA / "speech_commands_v0.01_subset"
-FSDD = DATA / "fsdd"
-FSDD_LABEL = r"^(\d)_"
-FSDD_GROUP = r"^\d_([a-z]+)_"
-
-
-@pytest.fixture(scope="module")
-def esc10() -> Manifest:
-    return load_manifest(ESC50, filters=["esc10=True"])
-
-
-@pytest.fixture(scope="module")
-def us8k() -> Manifest:
-    return load_manifest(US8K)
-
-
-@pytest.fixture(scope="module")
-def fsdd() -> Manifest:
-    return load_manifest(FSDD, label_regex=FSDD_LABEL, group_regex=FSDD_GROUP)
-
-
-def _groups(m: Manifest, idx) -> set[str]:
-    keys = m.group_keys()
-    return {keys[i] for i in idx}
-
-
-def _check_partition(m: Manifest, train, val, *, cover: bool = True) -> None:
-    train, val = set(train.tolist()), set(val.tolist())
-    assert train and val
-    assert not train & val
-    if cover:
-        assert train | val == set(range(len(m)))
-    assert not _groups(m, train) & _groups(m, val), "a group straddles train and validation"
-    assert {m[i].label for i in train} == set(m.labels), "every class must be trained on"
-
-
-# ----------------------------------------------------------------------------------------------- layouts
 
 
 def test_esc50_layout_with_esc10_filter(esc10: Manifest):
@@ -89,12 +48,12 @@ def test_esc50_official_folds(esc10: Manifest):
     for fold, (train, val) in zip(esc10.folds, folds, strict=True):
         assert {esc10[i].fold for i in val} == {fold}
         assert len(val) == 80
-        _check_partition(esc10, train, val)
+        check_partition(esc10, train, val)
     train, val = split(esc10, val_fold=4)
     assert len(val) == 80 and {esc10[i].fold for i in train} == {"1", "2", "3"}
     # no official validation fold: the default is a 20 % group-aware split
     train, val = split(esc10)
-    _check_partition(esc10, train, val)
+    check_partition(esc10, train, val)
     assert 0.15 < len(val) / len(esc10) < 0.25
 
 
@@ -120,7 +79,7 @@ def test_speech_commands_layout():
     assert all(it.group == it.name.split("_nohash_")[0] for it in m)
     train, val = split(m)  # the official validation list
     assert {m[i].fold for i in val} == {"validation"} and len(val) == 44
-    assert not _groups(m, train) & _groups(m, val)
+    assert not groups_of(m, train) & groups_of(m, val)
 
 
 def test_speech_commands_testing_list_is_held_out(tmp_path: Path):
@@ -168,7 +127,7 @@ def test_folder_per_class(tmp_path: Path):
     assert m.skipped == [{"path": str(stray), "reason": "outside_class_folder"}]
     assert m.fold_kind is None
     train, val = split(m, val_split=0.25, seed=3)
-    _check_partition(m, train, val)
+    check_partition(m, train, val)
     assert Counter(m[i].label for i in val) == {"dog": 1, "rain": 1, "rooster": 1}
     # --group-regex works on any layout: the take (A/B/...) of a clip, here just to prove it applies
     g = load_manifest(tmp_path, group_regex=r"^\d-(\d+)-")
@@ -299,7 +258,7 @@ def test_hf_save_to_disk_layout(tmp_path: Path):
     assert len(load_manifest(tmp_path / "ds", filters=["label=dog"], min_classes=1)) == 4  # ClassLabel name
     g = load_manifest(tmp_path / "ds", group_regex=r"^\d-(\d+)-")
     train, val = split(g, val_split=0.25, seed=1)
-    _check_partition(g, train, val)
+    check_partition(g, train, val)
 
     # a DatasetDict: one folder per split, listed in dataset_dict.json; the split name becomes the fold
     _write_hf_split(tmp_path / "dd" / "train", files[::2], labels[::2], names, speakers[::2])
@@ -310,61 +269,6 @@ def test_hf_save_to_disk_layout(tmp_path: Path):
     assert Counter(it.fold for it in d) == {"train": 6, "validation": 6}
     train, val = split(d)
     assert {d[i].fold for i in val} == {"validation"}
-
-
-# ------------------------------------------------------------------------------------------------ splits
-
-
-@pytest.mark.parametrize("name", ["fsdd", "us8k"])
-def test_no_leakage_in_any_split_mode(name: str, request: pytest.FixtureRequest):
-    m: Manifest = request.getfixturevalue(name)
-    y = m.targets()
-    per_class = np.bincount(y)
-    seen_val = set()
-    # whole groups move, so the achievable precision is about half the largest group's share
-    tol = 0.06 + max(Counter(m.group_keys()).values()) / len(m) / 2
-    for fraction in (0.2, 0.3):
-        for seed in range(5):
-            train, val = split(m, val_split=fraction, seed=seed)
-            _check_partition(m, train, val)
-            share = np.bincount(y[val], minlength=len(per_class)) / per_class
-            assert np.all(np.abs(share - fraction) < tol), f"stratification off: {share}"
-            assert abs(len(val) / len(m) - fraction) < tol
-            again_train, again_val = split(m, val_split=fraction, seed=seed)
-            assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
-            seen_val.add(tuple(val.tolist()))
-    assert len(seen_val) > 2, "the seed should change the split"
-
-    train, val = split(m)  # the default: no official validation fold here, so 20 % by group
-    _check_partition(m, train, val)
-
-    modes = [cv_folds(m, 5, seed=0), cv_folds(m, 3, seed=7)]
-    if m.fold_kind == "cv":
-        modes.append(cv_folds(m))  # the official folds
-    for folds in modes:
-        validated = np.concatenate([val for _, val in folds])
-        assert sorted(validated.tolist()) == list(range(len(m))), "each item validated exactly once"
-        for train, val in folds:
-            _check_partition(m, train, val)
-        k = len(folds)
-        sizes = [len(val) for _, val in folds]
-        assert max(sizes) - min(sizes) <= len(m) / k * 0.6
-    assert [v.tolist() for _, v in cv_folds(m, 3, seed=7)] == [v.tolist() for _, v in modes[1]]
-
-
-def test_us8k_official_fold_split(us8k: Manifest):
-    train, val = split(us8k, val_fold=2)
-    assert {us8k[i].fold for i in val} == {"2"} and len(val) == 150
-    _check_partition(us8k, train, val)
-
-
-def test_speech_commands_random_cv_keeps_speakers_apart():
-    m = load_manifest(SPEECH)
-    for train, val in cv_folds(m, 4, seed=2):
-        assert not _groups(m, train) & _groups(m, val)
-
-
-# ------------------------------------------------------------------------------------------------ errors
 
 
 def test_errors_are_clear(tmp_path: Path, esc10: Manifest):
@@ -423,13 +327,6 @@ def test_errors_are_clear(tmp_path: Path, esc10: Manifest):
         split(esc10, val_fold=1, val_split=0.2)
     with pytest.raises(DataError, match="between 0 and 1"):
         split(esc10, val_split=1.5)
-
-
-def test_official_fold_that_contradicts_groups_is_refused(esc10: Manifest):
-    regrouped = load_manifest(ESC50, filters=["esc10=True"], group_regex=r"-(\d+)\.wav$")  # group = class id
-    with pytest.raises(DataError, match="contradict") as e:
-        split(regrouped, val_fold=1)
-    assert e.value.reason == "group_leak"
 
 
 def test_skip_hook(tmp_path: Path):

@@ -19,7 +19,6 @@ import pytest
 import soundfile as sf
 from conftest import esc50_clip
 from mixtures import build_mixtures
-from s3server import s3_fixture  # noqa: F401 - the `s3` fixture
 
 h5py = pytest.importorskip("h5py")
 

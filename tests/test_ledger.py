@@ -13,8 +13,8 @@ import time
 import traceback
 
 import pytest
+from corpus import assert_exactly_one, build_corpus, local_results, watcher_cmd
 from pgserver import pg_fixture  # noqa: F401  (provides the `pg` fixture)
-from s3server import assert_exactly_one, build_corpus, local_results, watcher_cmd
 
 from earshot.pipeline.ledger import Final, backoff_delay, open_ledger
 from earshot.pipeline.postgres import PostgresLedger

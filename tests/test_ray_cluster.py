@@ -13,15 +13,10 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import DATA
+from corpus import BAD_KINDS, assert_exactly_one, list_results
 from raycluster import RayCluster, running
-from s3server import (
-    BAD_KINDS,
-    DATA,
-    S3_ENV,
-    assert_exactly_one,
-    list_results,
-    s3_fixture,  # noqa: F401  (provides the `s3` fixture)
-)
+from s3server import S3_ENV
 
 from earshot.pipeline.ledger import SQLiteLedger
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from apiserver import running_server
+from chromium import ARTIFACTS
 from conftest import esc50_clip
-from s3server import s3_fixture  # noqa: F401  (provides the `s3` fixture)
-from test_serve import running_server
-from test_web import ARTIFACTS, browser, playwright  # noqa: F401  (`browser`, `playwright` are fixtures)
 
 from earshot.search import SearchError, SearchIndex, index_sources, query_embeddings, search
 from earshot.search.index import writer_lock
@@ -222,7 +221,7 @@ def test_serving_imports_no_index_library():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_more_like_this_button(browser, built, clips, tmp_path):  # noqa: F811
+def test_more_like_this_button(browser, built, clips, tmp_path):
     with running_server(tmp_path, index=str(built), samples_dir=clips) as base:
         ctx = browser.new_context(viewport={"width": 1280, "height": 900})
         page = ctx.new_page()

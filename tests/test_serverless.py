@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import esc50_clip
-from s3server import list_results, s3_fixture  # noqa: F401  (provides the `s3` fixture)
+from corpus import list_results
 
 from earshot.pipeline.notifications import created_objects
 
