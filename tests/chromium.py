@@ -30,12 +30,16 @@ def missing_browser() -> str | None:
     return None
 
 
-def open_page(browser, base, key: str | None = None):
+def open_page(browser, base, key: str | None = None, *, timeout_ms: int = 30_000, requests: list | None = None):
+    """A new context's page on `base` with its models listed: `key` stored as the page's API key, every URL the
+    page requests appended to `requests`."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     if key:
         ctx.add_init_script(f"localStorage.setItem('earshot.apiKey', {key!r})")
     pg = ctx.new_page()
-    pg.set_default_timeout(30_000)
+    pg.set_default_timeout(timeout_ms)
+    if requests is not None:
+        pg.on("request", lambda r: requests.append(r.url))
     pg.goto(base)
     pg.wait_for_function("document.querySelectorAll('#model-select option').length > 0")
     return ctx, pg

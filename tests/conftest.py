@@ -181,13 +181,10 @@ def site(tmp_path_factory):
 @pytest.fixture
 def page(browser, site):
     """The site's page, loaded with its models listed; fails the test if the page reached anything off the site."""
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(20_000)
-    requests_out = []
-    pg.on("request", lambda r: requests_out.append(r.url))
-    pg.goto(site)
-    pg.wait_for_function("document.querySelectorAll('#model-select option').length > 0")
+    from chromium import open_page
+
+    requests_out: list[str] = []
+    ctx, pg = open_page(browser, site, timeout_ms=20_000, requests=requests_out)
     yield pg
     assert all(u.startswith((site, "data:", "blob:")) for u in requests_out), "page reached off-site"
     ctx.close()

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 from conftest import DATA
+from shareddata import ESC50
 
 from earshot.training.features import FEATURES_VERSION, feature_extractor
 
-ESC50 = DATA / "esc50"
 EPOCHS = 30
 
 

@@ -19,12 +19,12 @@ import soxr
 import websockets
 from apiserver import server_process
 from conftest import DATA, esc50_clip, fsdd_take, need_engine
+from shareddata import SPEECH
 
 from earshot.events import EventTracker
 from earshot.training import keywords, synthesis
 
 FSDD = DATA / "fsdd" / "recordings"
-SPEECH_COMMANDS = DATA / "speech_commands_v0.01_subset"
 
 
 @pytest.mark.parametrize("engine", synthesis.ENGINES)
@@ -193,10 +193,10 @@ def speech_commands_small(tmp_path_factory):
     """A Speech Commands layout of 4 words from the shared sample, its lists, and a _background_noise_ folder."""
     root = tmp_path_factory.mktemp("sc")
     words = ("yes", "no", "up", "wow")
-    validation = set((SPEECH_COMMANDS / "validation_list.txt").read_text().split())
+    validation = set((SPEECH / "validation_list.txt").read_text().split())
     listed = []
     for word in words:
-        shutil.copytree(SPEECH_COMMANDS / word, root / word)
+        shutil.copytree(SPEECH / word, root / word)
         listed += [f"{word}/{p.name}" for p in sorted((root / word).glob("*.wav"))
                    if f"{word}/{p.name}" in validation]
     (root / "validation_list.txt").write_text("\n".join(listed) + "\n")

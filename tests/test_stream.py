@@ -14,12 +14,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DATA, esc50_clip
+from conftest import esc50_clip
+from shareddata import SPEECH
 
 from earshot.errors import AudioError
 from earshot.stream import EventTracker, run, stream
-
-SPEECH = DATA / "speech_commands_v0.01_subset"
 
 
 def stream_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

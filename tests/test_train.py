@@ -4,7 +4,7 @@ normalisation."""
 from __future__ import annotations
 
 import pytest
-from conftest import DATA
+from shareddata import FSDD
 
 import earshot
 from earshot.training import metrics_for
@@ -12,8 +12,6 @@ from earshot.training import metrics_for
 pytest.importorskip("torch")
 
 from earshot.training import fit, window_for  # noqa: E402
-
-FSDD = DATA / "fsdd"
 
 
 def test_metrics_for():

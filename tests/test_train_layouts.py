@@ -10,16 +10,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import DATA
+from shareddata import ESC50, US8K
 
 import earshot
 
 pytest.importorskip("torch")
 
 from earshot.training import embeddings_dir, feature_network, fit, write_bundle  # noqa: E402
-
-ESC50 = DATA / "esc50"
-US8K = DATA / "urbansound8k_subset"
 
 
 def _fit_quiet(data, **kw):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from shareddata import ESC50
 
 import earshot
 from earshot.training import load_manifest
@@ -17,8 +17,6 @@ from earshot.training import load_manifest
 pytest.importorskip("torch")
 
 from earshot.training import fit, train  # noqa: E402
-
-ESC50 = DATA / "esc50"
 
 
 @pytest.fixture(scope="module")
