@@ -59,6 +59,16 @@ def fsdd_take(speaker: str, digit: int, index: int) -> Path:
     return DATA / "fsdd" / "recordings" / f"{digit}_{speaker}_{index}.wav"
 
 
+def fsdd_take_at(speaker: str, digit: int, index: int, samples: int, at: int) -> np.ndarray:
+    """An FSDD take decoded at 16 kHz, starting `at` samples into `samples` of silence."""
+    from earshot import audio
+
+    y = audio.decode(fsdd_take(speaker, digit, index), 16000)
+    out = np.zeros(samples, dtype=np.float32)
+    out[at : at + len(y)] = y
+    return out
+
+
 def fsdd_digits_csv(tmp_path: Path, takes: int, digits: tuple[int, ...]) -> str:
     """A CSV of FSDD takes (the first `takes` of each of `digits`) with fold and group = speaker: george, jackson
     and theo to train, nicolas to validate, lucas to hold out."""

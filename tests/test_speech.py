@@ -91,7 +91,7 @@ def _digits(tmp_path, takes: int) -> str:
 def test_auto_with_synthetic_voices_trains_only_the_word_families(tmp_path):
     """auto with --synthesize: the labels are spoken words, so neither the transfer head nor its AudioSet features
     are computed; the CNN, the speech head and their average are trained, and the reason says so. Nine recordings
-    a digit are too few for the word head, which is left out."""
+    a digit are too few for the word and Whisper heads, which are left out."""
     need_engine("espeak-ng")
     r = fit(_digits(tmp_path, 3), model="auto", val_fold="nicolas", test_fold="lucas", epochs=1, synthesize=True,
             synth_per_label=2, quiet=True)

@@ -1,35 +1,29 @@
-"""The word family: EfficientWord-Net's spoken-word embedding ported to torch, a head on it, and the average of the
-CNN, the speech head and the word head, on FSDD speakers held out of training."""
+"""The word family: EfficientWord-Net's spoken-word embedding ported to torch and a head on it (the average with the
+other members, on FSDD speakers held out of training, is in test_whisper)."""
 
 from __future__ import annotations
 
-import json
 import zipfile
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import fsdd_digits_csv, fsdd_take
+from conftest import fsdd_digits_csv, fsdd_take, fsdd_take_at
 from python_speech_features import logfbank
 
 from earshot import audio
-from earshot.classifier import Classifier
 from earshot.models import words
 from earshot.training import train
 from earshot.training.manifest import Item, Manifest
-from earshot.training.speech import RECORDED_PER_LABEL
-from earshot.training.words import CLIPS_PER_LABEL, INPUT_SAMPLES, WordInput, head_clips
+from earshot.training.speech import RECORDED_PER_LABEL, CentredInput
+from earshot.training.words import CLIPS_PER_LABEL, INPUT_SAMPLES, head_clips
 
 DIGITS = (1, 3, 6, 9)
 
 
 def _take_in_window(speaker: str, digit: int, index: int, at: int = 5000) -> np.ndarray:
-    y = audio.decode(fsdd_take(speaker, digit, index), 16000)
-    out = np.zeros(INPUT_SAMPLES, dtype=np.float32)
-    out[at : at + len(y)] = y
-    return out
+    return fsdd_take_at(speaker, digit, index, INPUT_SAMPLES, at)
 
 
 def test_filterbank_matches_the_features_the_network_was_trained_on():
@@ -66,7 +60,7 @@ def test_window_is_centred_in_the_networks_input():
     """A 1 s window with a word at its start reaches the network as the same word centred in 1.5 s; a 3 s window is
     cut to its middle 1.5 s."""
     y = audio.decode(fsdd_take("theo", 3, 2), 16000)
-    inp = WordInput(words.WordFbank())
+    inp = CentredInput(words.WordFbank(), INPUT_SAMPLES)
     short = np.zeros(16000, dtype=np.float32)
     short[: len(y)] = y
     middle = np.zeros(INPUT_SAMPLES, dtype=np.float32)
@@ -113,34 +107,6 @@ def test_the_server_offers_every_training_family():
 
 def _digits(tmp_path, takes: int) -> str:
     return fsdd_digits_csv(tmp_path, takes, DIGITS)
-
-
-@pytest.mark.slow
-def test_cnn_speech_and_word_heads_average_in_one_bundle(tmp_path):
-    """--model cnn+speech+word: one graph averaging three members, with every candidate on the way; the held-out
-    speaker is named nearly always; `earshot adapt` would move only the CNN's statistics (the word network's fixed
-    normalisations are not batch-normalisation nodes)."""
-    bundle = train(_digits(tmp_path, 20), tmp_path / "three", model="cnn+speech+word", val_fold="nicolas",
-                   test_fold="lucas", epochs=4, quiet=True)
-    card = json.loads((bundle / "card.json").read_text())
-    training = card["training"]
-    assert training["family"] == "cnn+speech+word"
-    assert set(training["candidates"]) == {"cnn", "speech", "word", "cnn+speech", "cnn+speech+word"}
-    assert set(training["members"]) == {"cnn", "speech", "word"}
-    word = training["members"]["word"]
-    assert word["weights"]["sha256"] == words.WHEEL_SHA256 and word["training_clips"].startswith("240 recordings")
-    assert "EfficientWord-Net" in card["license"]
-    assert card["metrics"]["test"]["n"] == 80 and card["metrics"]["test"]["accuracy"] >= 0.9, card["metrics"]
-    clf = Classifier.load(bundle)
-    assert clf.predict(fsdd_take("lucas", 9, 44)).labels[0] == "9"  # a take outside every fold used
-    scores = clf.clip_scores(np.zeros(16000, dtype=np.float32))
-    assert abs(float(scores.sum()) - 1.0) < 1e-4
-    graph = onnx.load(str(bundle / "model.onnx")).graph
-    stats = [n.input[3] for n in graph.node if n.op_type == "BatchNormalization"]  # running means, by parameter
-    # the CNN's (members.0) and the two heads' input standardisation, which `earshot adapt` re-estimates: the word
-    # network's own normalisation is fixed multiply-adds, so adapting never moves the embedding
-    heads = [name for name in stats if not name.startswith("members.0.")]
-    assert len(stats) > 2 and heads == ["members.1.head.mean", "members.2.head.mean"], stats
 
 
 def test_word_family_needs_recordings_enough(tmp_path):

@@ -73,11 +73,11 @@ class _Inputs:
 
 
 # Families whose every normalisation layer was fitted with the rest of the model: the CNN's batch normalisation and
-# the input standardisation of heads on the speech and word embeddings, which themselves have no statistics. In
+# the input standardisation of heads on the speech, word and Whisper embeddings, which themselves have no statistics. In
 # the others (the transfer head on the pretrained tagger's backbone, or the tagger itself) re-estimating the
 # backbone's statistics moves the features the head or the label set was fitted to: measured, UrbanSound8K fold
 # 1 -> 2 with the transfer head 0.807 -> 0.600, and mn04-as zero-shot on ESC-10 0.9625 -> 0.934 (README).
-ADAPTABLE_FAMILIES = ("cnn", "speech", "word", "cnn+speech", "cnn+speech+word")
+ADAPTABLE_FAMILIES = ("cnn", "speech", "word", "whisper", "cnn+speech", "cnn+speech+word", "cnn+speech+word+whisper")
 
 
 def adapt(model: str | os.PathLike, sources: Iterable[Source | EarshotError], out: str | os.PathLike, *,

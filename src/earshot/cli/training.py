@@ -20,8 +20,9 @@ def train(
                                                "voices alone.")] = None,
     model: Annotated[str, typer.Option(help="auto, transfer, cnn, speech (a head on a speech embedding "
                                               "pretrained on many real voices), word (a head on a spoken-word "
-                                              "embedding; 50+ recordings a label), cnn+speech or cnn+speech+word "
-                                              "(averages).")
+                                              "embedding; 50+ recordings a label), whisper (a head on Whisper "
+                                              "tiny.en's encoder; 50+ recordings a label), cnn+speech, "
+                                              "cnn+speech+word or cnn+speech+word+whisper (averages).")
                      ] = "auto",
     backbone: Annotated[str, typer.Option(help="Pretrained backbone for transfer.")] = "mn04-as",
     val_fold: Annotated[str | None, typer.Option(help="Official fold used for validation.")] = None,

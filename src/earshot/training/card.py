@@ -13,7 +13,7 @@ import torch
 
 from earshot.bundle import CARD_FILE, write_json_atomic
 from earshot.classifier import Classifier
-from earshot.models import speech, words
+from earshot.models import speech, whisper, words
 from earshot.training.additions import added_summary, keyword_fields
 from earshot.training.evaluation import metrics_for, plot_confusion, score_items
 from earshot.training.export import export_bundle
@@ -37,11 +37,16 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
     sources = {"transfer": f"transfer learning on {backbone} (EfficientAT, MIT) features",
                "cnn": "CompactCNN trained from scratch by earshot",
                "speech": f"a head trained by earshot on {speech.SOURCE}",
-               "word": f"a head trained by earshot on {words.SOURCE}"}
+               "word": f"a head trained by earshot on {words.SOURCE}",
+               "whisper": f"a head trained by earshot on {whisper.SOURCE}"}
     sources["cnn+speech"] = f"the average of two: {sources['cnn']}; {sources['speech']}"
     sources["cnn+speech+word"] = f"the average of three: {sources['cnn']}; {sources['speech']}; {sources['word']}"
+    sources["cnn+speech+word+whisper"] = (f"the average of four: {sources['cnn']}; {sources['speech']}; "
+                                          f"{sources['word']}; {sources['whisper']}")
     weights_license = {"transfer": ["MIT (EfficientAT weights)"], "speech": [speech.LICENSE], "word": [words.LICENSE],
-                       "cnn+speech": [speech.LICENSE], "cnn+speech+word": [speech.LICENSE, words.LICENSE]}
+                       "whisper": [whisper.LICENSE], "cnn+speech": [speech.LICENSE],
+                       "cnn+speech+word": [speech.LICENSE, words.LICENSE],
+                       "cnn+speech+word+whisper": [speech.LICENSE, words.LICENSE, whisper.LICENSE]}
     added = result.added
     data_summary = added_summary(manifest, added)
     data_summary["skipped_files"] = manifest.skipped[:1000]

@@ -13,13 +13,16 @@ Families:
   voices (frozen), pooled over time: spoken words from speakers the data never had.
 - ``word`` (`earshot.training.words`): an MLP head on EfficientWord-Net's word embedding (a ResNet-50 trained to
   tell spoken words apart across many real voices, frozen), for data with at least 50 recordings a label.
-- ``cnn+speech``, ``cnn+speech+word``: the CNN and the heads averaged (mean of class probabilities), one graph.
+- ``whisper`` (`earshot.training.whisper`): an MLP head on Whisper tiny.en's audio encoder (trained to transcribe
+  English from many real voices and accents, frozen), for data with at least 50 recordings a label.
+- ``cnn+speech``, ``cnn+speech+word``, ``cnn+speech+word+whisper``: the CNN and the heads averaged (mean of class
+  probabilities), one graph.
 - ``auto`` (default): transfer first; the CNN too when clips are short (median < 2 s: speech-like), or when
   transfer's validation accuracy is below 0.95 and there are at least 100 training clips a class (fewer are too
-  few for a network from scratch); on speech-like clips the speech and word heads and their averages with the
-  CNN too. The best on validation is kept (ties: `SPEECH_PREFERENCE`) and the card says why. With synthetic
-  voices asked for (``synthesize``), the labels are spoken words: no transfer head (frozen AudioSet features do
-  not carry words to new voices), only the CNN, the heads and their averages.
+  few for a network from scratch); on speech-like clips the speech, word and Whisper heads, the CNN averaged with
+  the speech head, and the average of all four. The best on validation is kept (ties: `SPEECH_PREFERENCE`) and
+  the card says why. With synthetic voices asked for (``synthesize``), the labels are spoken words: no transfer
+  head (frozen AudioSet features do not carry words to new voices), only the CNN, the heads and their averages.
 
 Unreadable files are skipped (never silently): printed, counted and listed in the card's ``data`` summary.
 The card's ``metrics`` are computed on the validation split by the exported bundle on onnxruntime
@@ -55,13 +58,16 @@ from earshot.training.manifest import Manifest
 from earshot.training.speech import ENSEMBLE, RECORDED_PER_LABEL, averaged, train_speech
 from earshot.training.splits import hold_out
 from earshot.training.transfer import train_transfer
+from earshot.training.whisper import train_whisper
 from earshot.training.words import train_word
 
 ENSEMBLE3 = "cnn+speech+word"  # the CNN, the speech head and the word head averaged
-FAMILIES = ("auto", "transfer", "cnn", "speech", "word", ENSEMBLE, ENSEMBLE3)
+ENSEMBLE4 = "cnn+speech+word+whisper"  # and the Whisper encoder's head
+FAMILIES = ("auto", "transfer", "cnn", "speech", "word", "whisper", ENSEMBLE, ENSEMBLE3, ENSEMBLE4)
 AUTO_MIN_ACCURACY = 0.95  # auto: below this transfer validation accuracy, try the CNN too
 SPEECH_LIKE_SECONDS = 2.0  # auto: median clip shorter than this → try the CNN too
-SPEECH_PREFERENCE = ("transfer", "cnn", "speech", "word", ENSEMBLE, ENSEMBLE3)  # ties on speech-like clips: last wins
+# ties on speech-like clips: the last wins
+SPEECH_PREFERENCE = ("transfer", "cnn", "speech", "word", "whisper", ENSEMBLE, ENSEMBLE3, ENSEMBLE4)
 SPEECH_TIE = 0.01  # speech-like clips: validation accuracies this close to the best count as a tie
 AUTO_CNN_MIN_PER_CLASS = 100  # auto, longer clips: a CNN from scratch only with this many training clips a class
 
@@ -189,18 +195,19 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
     """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
     candidates: list[Trained] = []
     why = f"--model {family}"
-    with_cnn = family in ("cnn", ENSEMBLE, ENSEMBLE3)
-    with_speech = family in ("speech", ENSEMBLE, ENSEMBLE3)
-    with_word = family in ("word", ENSEMBLE3)
+    with_cnn = family in ("cnn", ENSEMBLE, ENSEMBLE3, ENSEMBLE4)
+    with_speech = family in ("speech", ENSEMBLE, ENSEMBLE3, ENSEMBLE4)
+    with_word = family in ("word", ENSEMBLE3, ENSEMBLE4)
+    with_whisper = family in ("whisper", ENSEMBLE4)
     speech_like = False
     spoken = spoken_words(family, manifest)
     if trains_transfer(family, manifest):
         candidates.append(train_transfer(manifest, feats, tr, va, backbone=backbone, epochs=epochs, seed=seed,
                                          finetune=finetune, log=log))
     if spoken:
-        speech_like = with_cnn = with_speech = with_word = True
-        why = ("auto: --synthesize (the labels are spoken words) → trained the CNN, the speech and word heads and "
-               "their averages; no transfer head")
+        speech_like = with_cnn = with_speech = with_word = with_whisper = True
+        why = ("auto: --synthesize (the labels are spoken words) → trained the CNN, the speech, word and Whisper "
+               "heads and their averages; no transfer head")
     elif family == "auto":
         seen = np.concatenate([tr, va])  # clip lengths of the test fold play no part in the choice either
         median = float(np.median(feats[seen, -1])) if feats is not None and len(seen) else 0.0
@@ -208,10 +215,10 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
         per_class = len(tr) / max(1, len(manifest.labels))
         speech_like = median < SPEECH_LIKE_SECONDS
         with_cnn = speech_like or (t_acc < AUTO_MIN_ACCURACY and per_class >= AUTO_CNN_MIN_PER_CLASS)
-        with_speech = with_word = speech_like
+        with_speech = with_word = with_whisper = speech_like
         if speech_like:
             why = (f"auto: median clip {median:.2f} s < {SPEECH_LIKE_SECONDS:g} s (speech-like) → trained the CNN, "
-                   "the speech and word heads and their averages too")
+                   "the speech, word and Whisper heads and their averages too")
             log("short, speech-like clips: if each label is the word spoken, --synthesize adds synthetic voices "
                 "that carry the model to speakers it never heard (FSDD digits, a speaker held out: 0.876 → "
                 "0.930 on average)", stage="hint")
@@ -231,10 +238,12 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
             cnn.config["synthetic_band_rate"] = waves.band_rate
         candidates.append(cnn)
     heads: list[Trained] = []
-    if with_speech or with_word:
+    if with_speech or with_word or with_whisper:
         decoded = waves.get(manifest, np.concatenate([tr, va]), log)
         window = cnn.window_seconds if with_cnn else None  # the averages are served over the CNN's window
-        for train_head in ([train_speech] if with_speech else []) + ([train_word] if with_word else []):
+        trainers = [t for t, on in ((train_speech, with_speech), (train_word, with_word),
+                                    (train_whisper, with_whisper)) if on]
+        for train_head in trainers:
             head = train_head(manifest, tr, va, decoded, epochs=epochs, seed=seed, log=log, window=window)
             if head is not None:
                 heads.append(head)
@@ -250,10 +259,10 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
             log(f"{both.family}: val_acc {both.val_accuracy:.4f}", stage="trained", family=both.family,
                 val_acc=both.val_accuracy)
             candidates.append(both)
-    if family in ("word", ENSEMBLE3) and not any(c.family == family for c in candidates):
+    if family in ("word", "whisper", ENSEMBLE3, ENSEMBLE4) and not any(c.family == family for c in candidates):
         raise DataError(f"--model {family} needs at least {RECORDED_PER_LABEL} recordings a label for the word "
-                        "embedding's head; use --model cnn+speech", reason="too_few")
-    chosen = candidates[-1] if family in (ENSEMBLE, ENSEMBLE3) else choose(candidates, speech_like)
+                        "and Whisper heads; use --model cnn+speech", reason="too_few")
+    chosen = candidates[-1] if family in (ENSEMBLE, ENSEMBLE3, ENSEMBLE4) else choose(candidates, speech_like)
     if len(candidates) > 1:
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
         why += f"; kept {chosen.family} (validation accuracy {scores})"

@@ -11,6 +11,7 @@ by the 0.775 s receptive field. The head learns from the recordings alone when t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -66,6 +67,28 @@ def centred(waveform: torch.Tensor) -> torch.Tensor:
     source = index - shift
     inside = (source >= 0) & (source < n)
     return torch.gather(waveform, 1, source.clamp(0, n - 1)) * inside
+
+
+class CentredInput(nn.Module):
+    """A front-end fed the waveform's content centred in a network's fixed input of `samples`: a shorter window
+    padded with silence either side, a longer one cut to its middle `samples`."""
+
+    def __init__(self, frontend: nn.Module, samples: int) -> None:
+        super().__init__()
+        self.frontend, self.samples = frontend, samples
+        self.sample_rate = frontend.sample_rate
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        # branch-free, for any window length in one exported graph: half the input's length of silence either side,
+        # then the middle `samples` (for a shorter window: its content centred with silence around it)
+        half = self.samples // 2
+        x = nn.functional.pad(centred(waveform), (half, self.samples - half))
+        index = torch.arange(self.samples, device=waveform.device) + waveform.shape[1] // 2
+        return self.frontend(x.index_select(1, index))
+
+    def at_rate(self, source_rate: int) -> CentredInput:
+        self.frontend.at_rate(source_rate)
+        return self
 
 
 class SpeechPooled(nn.Module):
@@ -158,6 +181,34 @@ def train_frozen_head(family: str, model: WaveformTagger, manifest: Manifest, tr
               "max_epochs": n_epochs, "batch_size": 64, "label_smoothing": 0.1,
               "early_stopping": "validation accuracy, then loss; patience 40"}
     return Trained(family, model.eval(), SAMPLE_RATE, window, window, vacc, history, config)
+
+
+def recorded_clips(manifest: Manifest, tr: np.ndarray, seed: int, per_label: int) -> np.ndarray | None:
+    """The recordings of `tr` a head on a costly embedding trains on (at most `per_label` a label, drawn with the
+    seed), or None when the data has fewer than `RECORDED_PER_LABEL` recordings a label (the member is then not
+    trained): a head fit to synthetic voices learns cues real speakers lack (`head_clips`)."""
+    recorded = tr[~is_synthetic(manifest)[tr.astype(int)]]
+    if len(recorded) < RECORDED_PER_LABEL * len(manifest.labels):
+        return None
+    y = manifest.targets(manifest.labels)[recorded.astype(int)]
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(recorded[y == k])[:per_label] for k in range(len(manifest.labels))]
+    return np.sort(np.concatenate(keep))
+
+
+def train_recorded_head(family: str, build: Callable[[], WaveformTagger], manifest: Manifest, tr: np.ndarray,
+                        va: np.ndarray, waves: dict[int, np.ndarray], *, per_label: int, config: dict,
+                        epochs: int | None, seed: int, log: Log, window: float | None) -> Trained | None:
+    """`train_frozen_head` on the recordings of `recorded_clips` (the frozen network `build` makes only then), or
+    None, said in the log, when the data has too few recordings a label."""
+    clips = recorded_clips(manifest, tr, seed, per_label)
+    if clips is None:
+        log(f"{family}: fewer than {RECORDED_PER_LABEL} recordings a label; its head is not trained",
+            stage="features")
+        return None
+    config = {**config, "training_clips": f"{len(clips)} recordings (at most {per_label} a label; no synthetic takes)"}
+    return train_frozen_head(family, build(), manifest, clips, va, waves, epochs=epochs, seed=seed, log=log,
+                             window=window, config=config)
 
 
 def head_clips(manifest: Manifest, tr: np.ndarray) -> tuple[np.ndarray, str]:

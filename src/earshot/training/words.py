@@ -16,36 +16,13 @@ from torch import nn
 
 from earshot.models import words
 from earshot.models.tagger import WaveformTagger
-from earshot.training.additions import is_synthetic
 from earshot.training.loop import Log, Trained
 from earshot.training.manifest import Manifest
-from earshot.training.speech import RECORDED_PER_LABEL, centred, train_frozen_head
+from earshot.training.speech import CentredInput, recorded_clips, train_recorded_head
 
 FAMILY = "word"
 CLIPS_PER_LABEL = 200  # training recordings a label the head sees at most (chosen at random with the seed)
 INPUT_SAMPLES = int(words.WINDOW_SECONDS * words.SAMPLE_RATE)
-
-
-class WordInput(nn.Module):
-    """`WordFbank` of the waveform's content centred in the network's 1.5 s: a shorter window padded with silence
-    either side, a longer one cut to its middle 1.5 s."""
-
-    def __init__(self, fbank: words.WordFbank) -> None:
-        super().__init__()
-        self.fbank = fbank
-        self.sample_rate = fbank.sample_rate
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        # branch-free, for any window length in one exported graph: half the input's length of silence either side,
-        # then the middle INPUT_SAMPLES (for a shorter window: its content centred with silence around it)
-        half = INPUT_SAMPLES // 2
-        x = nn.functional.pad(centred(waveform), (half, INPUT_SAMPLES - half))
-        index = torch.arange(INPUT_SAMPLES, device=waveform.device) + waveform.shape[1] // 2
-        return self.fbank(x.index_select(1, index))
-
-    def at_rate(self, source_rate: int) -> WordInput:
-        self.fbank.at_rate(source_rate)
-        return self
 
 
 class WordBackbone(nn.Module):
@@ -63,32 +40,20 @@ class WordBackbone(nn.Module):
 def feature_model() -> WaveformTagger:
     """The frozen front-end and network, without a head."""
     fbank, network = words.load()
-    return WaveformTagger(WordInput(fbank), WordBackbone(network), multi_label=False).eval()
+    return WaveformTagger(CentredInput(fbank, INPUT_SAMPLES), WordBackbone(network), multi_label=False).eval()
 
 
 def head_clips(manifest: Manifest, tr: np.ndarray, seed: int) -> np.ndarray | None:
     """The recordings of `tr` the head trains on (at most `CLIPS_PER_LABEL` a label), or None when the data has
     fewer than `RECORDED_PER_LABEL` recordings a label (the member is then not trained)."""
-    recorded = tr[~is_synthetic(manifest)[tr.astype(int)]]
-    if len(recorded) < RECORDED_PER_LABEL * len(manifest.labels):
-        return None
-    y = manifest.targets(manifest.labels)[recorded.astype(int)]
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(recorded[y == k])[:CLIPS_PER_LABEL] for k in range(len(manifest.labels))]
-    return np.sort(np.concatenate(keep))
+    return recorded_clips(manifest, tr, seed, CLIPS_PER_LABEL)
 
 
 def train_word(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[int, np.ndarray], *,
                epochs: int | None, seed: int, log: Log, window: float | None = None) -> Trained | None:
     """MLP head on the frozen word embedding; None when the data has too few recordings (`head_clips`)."""
-    clips = head_clips(manifest, tr, seed)
-    if clips is None:
-        log(f"word: fewer than {RECORDED_PER_LABEL} recordings a label; the word embedding's head is not trained",
-            stage="features")
-        return None
     config = {"backbone": "word-embedding", "source": words.SOURCE, "license": words.LICENSE,
               "weights": {"url": words.WHEEL_URL, "sha256": words.WHEEL_SHA256},
-              "features": f"the 2048-d word embedding of the window's content centred in {words.WINDOW_SECONDS:g} s",
-              "training_clips": f"{len(clips)} recordings (at most {CLIPS_PER_LABEL} a label; no synthetic takes)"}
-    return train_frozen_head(FAMILY, feature_model(), manifest, clips, va, waves, epochs=epochs, seed=seed, log=log,
-                             window=window, config=config)
+              "features": f"the 2048-d word embedding of the window's content centred in {words.WINDOW_SECONDS:g} s"}
+    return train_recorded_head(FAMILY, feature_model, manifest, tr, va, waves, per_label=CLIPS_PER_LABEL,
+                               config=config, epochs=epochs, seed=seed, log=log, window=window)

@@ -26,7 +26,8 @@ from earshot.serve.settings import Settings
 from earshot.serve.store import valid_name
 
 # the training families (earshot.training.FAMILIES, not imported here: serving never imports torch)
-TRAIN_FAMILIES = ("auto", "transfer", "cnn", "speech", "word", "cnn+speech", "cnn+speech+word")
+TRAIN_FAMILIES = ("auto", "transfer", "cnn", "speech", "word", "whisper", "cnn+speech", "cnn+speech+word",
+                  "cnn+speech+word+whisper")
 
 TRAIN_BODY = {
     "content": {
