@@ -259,9 +259,11 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
             log(f"{both.family}: val_acc {both.val_accuracy:.4f}", stage="trained", family=both.family,
                 val_acc=both.val_accuracy)
             candidates.append(both)
-    if family in ("word", "whisper", ENSEMBLE3, ENSEMBLE4) and not any(c.family == family for c in candidates):
-        raise DataError(f"--model {family} needs at least {RECORDED_PER_LABEL} recordings a label for the word "
-                        "and Whisper heads; use --model cnn+speech", reason="too_few")
+    needs = {"word": "word head", "whisper": "Whisper head", ENSEMBLE3: "word head",
+             ENSEMBLE4: "word and Whisper heads"}
+    if family in needs and not any(c.family == family for c in candidates):
+        raise DataError(f"--model {family} needs at least {RECORDED_PER_LABEL} recordings a label for the "
+                        f"{needs[family]}; use --model cnn+speech", reason="too_few")
     chosen = candidates[-1] if family in (ENSEMBLE, ENSEMBLE3, ENSEMBLE4) else choose(candidates, speech_like)
     if len(candidates) > 1:
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
