@@ -29,7 +29,8 @@ a speaker. With the word head (EfficientWord-Net's embedding) in `auto` (cnn+spe
 jackson 0.984 (0.974), lucas 0.990 (0.984), nicolas 0.934 (0.938), theo 0.986 (0.984); mean 0.972 (0.966),
 394-484 s a speaker. With Whisper tiny.en's encoder as a fourth member (`auto` keeps cnn+speech+word+whisper), the
 same flags: george 0.976, jackson 0.990, lucas 0.992, nicolas 0.940, theo 0.992 (mean 0.978), 471-585 s a speaker;
-nicolas adapted (--adapt 1) 0.964. Before short clips were centred for the speech head and it
+nicolas adapted (--adapt 1) 0.964; seed 1,
+nicolas 0.946, adapted 0.958. Before short clips were centred for the speech head and it
 learnt from the recordings alone: 0.934 / 0.974 / 0.930 / 0.998 / 0.994 (mean 0.966), Speech Commands 0.977.
 Measured the same way and not kept (nicolas 0.900 and jackson 0.914 for the same seed): BatchNorm statistics
 recomputed on the real training clips 0.902 (real and synthetic 0.908; on nicolas's own unlabelled clips 0.924);
