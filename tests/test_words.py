@@ -16,8 +16,8 @@ from earshot import audio
 from earshot.models import words
 from earshot.training import train
 from earshot.training.manifest import Item, Manifest
-from earshot.training.speech import RECORDED_PER_LABEL, CentredInput
-from earshot.training.words import CLIPS_PER_LABEL, INPUT_SAMPLES, head_clips
+from earshot.training.speech import RECORDED_PER_LABEL, CentredInput, recorded_clips
+from earshot.training.words import CLIPS_PER_LABEL, INPUT_SAMPLES
 
 DIGITS = (1, 3, 6, 9)
 
@@ -86,15 +86,16 @@ def test_the_word_head_trains_on_recordings_only_and_only_when_there_are_enough(
         return Manifest(items)
 
     many = manifest(CLIPS_PER_LABEL + 30)
-    kept = head_clips(many, np.arange(len(many.items)), seed=0)
+    kept = recorded_clips(many, np.arange(len(many.items)), 0, CLIPS_PER_LABEL)
     assert kept is not None and len(kept) == CLIPS_PER_LABEL * len(DIGITS)
     assert not any("synthetic" in many.items[int(i)].extra for i in kept)
-    assert np.array_equal(kept, head_clips(many, np.arange(len(many.items)), seed=0))
-    assert not np.array_equal(kept, head_clips(many, np.arange(len(many.items)), seed=1))
+    assert np.array_equal(kept, recorded_clips(many, np.arange(len(many.items)), 0, CLIPS_PER_LABEL))
+    assert not np.array_equal(kept, recorded_clips(many, np.arange(len(many.items)), 1, CLIPS_PER_LABEL))
     enough = manifest(RECORDED_PER_LABEL)
-    assert len(head_clips(enough, np.arange(len(enough.items)), seed=0)) == RECORDED_PER_LABEL * len(DIGITS)
+    kept = recorded_clips(enough, np.arange(len(enough.items)), 0, CLIPS_PER_LABEL)
+    assert kept is not None and len(kept) == RECORDED_PER_LABEL * len(DIGITS)
     few = manifest(RECORDED_PER_LABEL - 1)
-    assert head_clips(few, np.arange(len(few.items)), seed=0) is None
+    assert recorded_clips(few, np.arange(len(few.items)), 0, CLIPS_PER_LABEL) is None
 
 
 def test_the_server_offers_every_training_family():

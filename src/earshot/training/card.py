@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from earshot.training.manifest import Manifest
 
 
+_COUNTS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
 def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_start: float | None = None,
                  log: Log | None = None, name: str | None = None) -> Path:
     """Export `result.chosen` with its card, score it on the validation split (and the test fold, if any) with
@@ -39,14 +42,12 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
                "speech": f"a head trained by earshot on {speech.SOURCE}",
                "word": f"a head trained by earshot on {words.SOURCE}",
                "whisper": f"a head trained by earshot on {whisper.SOURCE}"}
-    sources["cnn+speech"] = f"the average of two: {sources['cnn']}; {sources['speech']}"
-    sources["cnn+speech+word"] = f"the average of three: {sources['cnn']}; {sources['speech']}; {sources['word']}"
-    sources["cnn+speech+word+whisper"] = (f"the average of four: {sources['cnn']}; {sources['speech']}; "
-                                          f"{sources['word']}; {sources['whisper']}")
     weights_license = {"transfer": ["MIT (EfficientAT weights)"], "speech": [speech.LICENSE], "word": [words.LICENSE],
-                       "whisper": [whisper.LICENSE], "cnn+speech": [speech.LICENSE],
-                       "cnn+speech+word": [speech.LICENSE, words.LICENSE],
-                       "cnn+speech+word+whisper": [speech.LICENSE, words.LICENSE, whisper.LICENSE]}
+                       "whisper": [whisper.LICENSE]}
+    members = chosen.family.split("+")  # an average's family names its members (`speech.averaged`)
+    source = sources[chosen.family] if len(members) == 1 else (
+        f"the average of {_COUNTS[len(members)]}: " + "; ".join(sources[m] for m in members))
+    licenses = [lic for m in members for lic in weights_license.get(m, [])]
     added = result.added
     data_summary = added_summary(manifest, added)
     data_summary["skipped_files"] = manifest.skipped[:1000]
@@ -85,8 +86,8 @@ def write_bundle(result: Fit, out: str | Path, *, backbone: str = "mn04-as", t_s
             "history": chosen.history,
         },
         "data": data_summary,
-        "source": sources[chosen.family],
-        "license": "; ".join([*weights_license.get(chosen.family, []), "check the license of your training data"]),
+        "source": source,
+        "license": "; ".join([*licenses, "check the license of your training data"]),
     }
     t0 = time.time()
     export_bundle(chosen.model, out, card)

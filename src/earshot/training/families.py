@@ -195,10 +195,8 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
     """Train the candidates `family` calls for on one split; returns (candidates, chosen, why)."""
     candidates: list[Trained] = []
     why = f"--model {family}"
-    with_cnn = family in ("cnn", ENSEMBLE, ENSEMBLE3, ENSEMBLE4)
-    with_speech = family in ("speech", ENSEMBLE, ENSEMBLE3, ENSEMBLE4)
-    with_word = family in ("word", ENSEMBLE3, ENSEMBLE4)
-    with_whisper = family in ("whisper", ENSEMBLE4)
+    parts = family.split("+")  # an average's family names its members (`speech.averaged`)
+    with_cnn, with_speech, with_word, with_whisper = (m in parts for m in ("cnn", "speech", "word", "whisper"))
     speech_like = False
     spoken = spoken_words(family, manifest)
     if trains_transfer(family, manifest):
@@ -259,12 +257,12 @@ def _fit_one(manifest: Manifest, tr: np.ndarray, va: np.ndarray, *, family: str,
             log(f"{both.family}: val_acc {both.val_accuracy:.4f}", stage="trained", family=both.family,
                 val_acc=both.val_accuracy)
             candidates.append(both)
-    needs = {"word": "word head", "whisper": "Whisper head", ENSEMBLE3: "word head",
-             ENSEMBLE4: "word and Whisper heads"}
-    if family in needs and not any(c.family == family for c in candidates):
+    recorded = [name for m, name in (("word", "word"), ("whisper", "Whisper")) if m in parts]
+    if recorded and not any(c.family == family for c in candidates):  # heads that train on recordings only
+        heads_named = " and ".join(recorded) + (" heads" if len(recorded) > 1 else " head")
         raise DataError(f"--model {family} needs at least {RECORDED_PER_LABEL} recordings a label for the "
-                        f"{needs[family]}; use --model cnn+speech", reason="too_few")
-    chosen = candidates[-1] if family in (ENSEMBLE, ENSEMBLE3, ENSEMBLE4) else choose(candidates, speech_like)
+                        f"{heads_named}; use --model cnn+speech", reason="too_few")
+    chosen = candidates[-1] if len(parts) > 1 else choose(candidates, speech_like)
     if len(candidates) > 1:
         scores = ", ".join(f"{c.family} {c.val_accuracy:.4f}" for c in candidates)
         why += f"; kept {chosen.family} (validation accuracy {scores})"

@@ -18,7 +18,7 @@ from earshot.models import words
 from earshot.models.tagger import WaveformTagger
 from earshot.training.loop import Log, Trained
 from earshot.training.manifest import Manifest
-from earshot.training.speech import CentredInput, recorded_clips, train_recorded_head
+from earshot.training.speech import CentredInput, train_recorded_head
 
 FAMILY = "word"
 CLIPS_PER_LABEL = 200  # training recordings a label the head sees at most (chosen at random with the seed)
@@ -43,15 +43,9 @@ def feature_model() -> WaveformTagger:
     return WaveformTagger(CentredInput(fbank, INPUT_SAMPLES), WordBackbone(network), multi_label=False).eval()
 
 
-def head_clips(manifest: Manifest, tr: np.ndarray, seed: int) -> np.ndarray | None:
-    """The recordings of `tr` the head trains on (at most `CLIPS_PER_LABEL` a label), or None when the data has
-    fewer than `RECORDED_PER_LABEL` recordings a label (the member is then not trained)."""
-    return recorded_clips(manifest, tr, seed, CLIPS_PER_LABEL)
-
-
 def train_word(manifest: Manifest, tr: np.ndarray, va: np.ndarray, waves: dict[int, np.ndarray], *,
                epochs: int | None, seed: int, log: Log, window: float | None = None) -> Trained | None:
-    """MLP head on the frozen word embedding; None when the data has too few recordings (`head_clips`)."""
+    """MLP head on the frozen word embedding; None when the data has too few recordings (`speech.recorded_clips`)."""
     config = {"backbone": "word-embedding", "source": words.SOURCE, "license": words.LICENSE,
               "weights": {"url": words.WHEEL_URL, "sha256": words.WHEEL_SHA256},
               "features": f"the 2048-d word embedding of the window's content centred in {words.WINDOW_SECONDS:g} s"}
